@@ -1,0 +1,117 @@
+"""The scoreboard: per-slot status and counters in shared memory made before any fork.
+
+One anonymous shared mapping holds an int64 table and a float64 table. Each slot (worker
+or mule) has one writer for each field: the master writes ``pid``, ``respawns`` and
+``last_spawn`` when it forks the slot; the child writes everything else about itself.
+Readers (the master's harakiri check, the stats) may see a field a moment old but never
+a torn one: aligned 8-byte stores are atomic on every platform CPython runs on.
+
+Per-queue rejection counters have many writers (every process that sends), so they are
+only touched under a lock; they change on the slow path only (a full queue).
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import multiprocessing
+from typing import Any
+
+
+class I(enum.IntEnum):  # noqa: E742 - short index names keep hot-path code readable
+    PID = 0
+    STATUS = 1
+    SIGNUM = 2  # signal being handled while STATUS == SIGNAL
+    REQUESTS = 3  # since the slot was first spawned
+    DELTA_REQUESTS = 4  # since the current process was spawned
+    EXCEPTIONS = 5
+    HARAKIRI_COUNT = 6
+    SIGNALS = 7  # handlers run
+    TX = 8  # response bytes sent
+    RUNNING_TIME = 9  # microseconds spent in requests
+    AVG_RT = 10  # microseconds, moving average
+    RESPAWNS = 11
+    RSS = 12
+    VSZ = 13
+    MSGS_RECEIVED = 14  # mule messages taken by this mule
+    MSGS_UNHANDLED = 15  # messages a signal-only mule had no hook for
+    MSGS_SENT = 16  # mule messages sent by this process
+    SIGNALS_RAISED = 17
+    ACCEPTING = 18
+    GENERATION = 19
+    COUNT = 20
+
+
+class F(enum.IntEnum):
+    HARAKIRI = 0  # monotonic deadline of the current request / handler (0 = none)
+    USER_HARAKIRI = 1  # uwsgi.set_user_harakiri() deadline
+    LAST_SPAWN = 2  # wall clock
+    REQUEST_START = 3  # wall clock, 0 when idle
+    HARAKIRI_SIGNAL = 4  # signal whose handler armed HARAKIRI (mules)
+    COUNT = 5
+
+
+class Status(enum.IntEnum):
+    IDLE = 0
+    BUSY = 1
+    SIGNAL = 2  # running a signal handler ("sig<N>" in the stats)
+    STOPPING = 3
+    DEAD = 4
+
+
+class Scoreboard:
+    """Slots 1..workers are workers, workers+1..workers+mules are mules (0 = master)."""
+
+    def __init__(self, workers: int, mules: int, queues: list[str]) -> None:
+        self.workers = workers
+        self.mules = mules
+        self.slots = 1 + workers + mules
+        self.queues = list(queues)
+        ints = self.slots * I.COUNT + len(self.queues)
+        floats = self.slots * F.COUNT
+        self._map = mmap.mmap(-1, (ints + floats) * 8)
+        view = memoryview(self._map)
+        self.ints: Any = view[: ints * 8].cast("q")
+        self.floats: Any = view[ints * 8 :].cast("d")
+        self._queue_base = self.slots * I.COUNT
+        # A process-shared lock inherited through fork; only the slow paths take it.
+        self._lock = multiprocessing.Lock()
+
+    def worker_slot(self, worker_id: int) -> int:
+        return worker_id
+
+    def mule_slot(self, mule_id: int) -> int:
+        return self.workers + mule_id
+
+    def base(self, slot: int) -> int:
+        return slot * I.COUNT
+
+    def fbase(self, slot: int) -> int:
+        return slot * F.COUNT
+
+    def get(self, slot: int, field: I) -> int:
+        return int(self.ints[slot * I.COUNT + field])
+
+    def set(self, slot: int, field: I, value: int) -> None:
+        self.ints[slot * I.COUNT + field] = value
+
+    def add(self, slot: int, field: I, delta: int = 1) -> None:
+        index = slot * I.COUNT + field
+        self.ints[index] += delta
+
+    def getf(self, slot: int, field: F) -> float:
+        return float(self.floats[slot * F.COUNT + field])
+
+    def setf(self, slot: int, field: F, value: float) -> None:
+        self.floats[slot * F.COUNT + field] = value
+
+    def queue_index(self, name: str) -> int:
+        return self.queues.index(name)
+
+    def count_rejected(self, queue: str) -> None:
+        index = self._queue_base + self.queues.index(queue)
+        with self._lock:
+            self.ints[index] += 1
+
+    def rejected(self, queue: str) -> int:
+        return int(self.ints[self._queue_base + self.queues.index(queue)])

@@ -1,0 +1,98 @@
+"""The only place that forks, the child's first steps, and the reserved exit codes.
+
+A forked child never returns into the master's stack: its entry runs inside
+``try/finally: os._exit(code)``, so no ``except`` or ``finally`` of the master runs twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_MASTER_GONE = 1
+EXIT_APP_LOAD = 22  # uWSGI's code for "need-app and no app": the master stops the server
+EXIT_END = 30  # uWSGI's code for a mule whose program ended, or an immediate stop
+EXIT_HARAKIRI = 31
+EXIT_CRASH = 70
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to kill this process when its parent dies (no-op elsewhere).
+
+    The kernel clears this setting on any change of uid/gid, so it is set after the
+    privilege drop (which happens in the master, before any fork). It fires when the
+    *thread* that forked us exits; the master forks only from its main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("PR_SET_PDEATHSIG unavailable")
+
+
+def wait_writable(sock: socket.socket, timeout: float) -> None:
+    """Block until `sock` can take more bytes, or raise TimeoutError."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    if not poller.poll(int(timeout * 1000)):
+        raise TimeoutError(f"peer did not read for {timeout:g} s")
+
+
+def fork_child(entry: Callable[[], int], before: Callable[[], None] | None = None) -> int:
+    """Fork; in the child run `before` then `entry`, and always ``os._exit``. Returns the pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EXIT_CRASH
+    try:
+        # The master's handlers only write to its wakeup fd; a child starts from defaults
+        # and installs its own.
+        signal.set_wakeup_fd(-1)
+        for signum in (
+            signal.SIGHUP,
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGCHLD,
+            signal.SIGUSR2,
+            signal.SIGALRM,
+        ):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        set_parent_death_signal()
+        if before is not None:
+            before()
+        code = entry()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)  # noqa: T201 - what sys.exit("text") prints
+    except KeyboardInterrupt:
+        code = EXIT_END
+    except BaseException:
+        traceback.print_exc()
+        code = EXIT_CRASH
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
