@@ -30,7 +30,9 @@ def uwsgi_packet(variables: dict[str, str], body: bytes = b"", modifier1: int = 
     return struct.pack("<BHB", modifier1, len(block), 0) + block + body
 
 
-def uwsgi_vars(path: str = "/", method: str = "GET", body: bytes = b"", **extra: str) -> dict[str, str]:
+def uwsgi_vars(
+    path: str = "/", method: str = "GET", body: bytes = b"", **extra: str
+) -> dict[str, str]:
     path_info, _, query = path.partition("?")
     variables = {
         "REQUEST_METHOD": method,
@@ -65,7 +67,9 @@ def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
 
 
 def uwsgi_request(
-    address: tuple[str, int] | str, variables: dict[str, str], body: bytes = b"",
+    address: tuple[str, int] | str,
+    variables: dict[str, str],
+    body: bytes = b"",
     timeout: float = 10.0,
 ) -> bytes:
     """Send one uwsgi packet and return the raw response (the server closes after it)."""

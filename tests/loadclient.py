@@ -116,7 +116,7 @@ async def _loop(
             if close or not keepalive:
                 writer.close()
                 writer, reader = None, None
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             result.outcomes.append(
                 Outcome(start, time.monotonic(), 0, f"{type(exc).__name__}: {exc}"[:120])
             )

@@ -6,7 +6,6 @@ process answered. MARKS (env var) names a file where /mark appends lines.
 
 import json
 import os
-import sys
 import time
 from urllib.parse import parse_qs
 from wsgiref.validate import validator
@@ -18,17 +17,25 @@ STARTED = time.time()
 
 def _json(start_response, payload, status="200 OK"):
     body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body))),
-                            ("X-Pid", str(os.getpid())), ("X-Worker", str(uwsgi.worker_id()))])
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("X-Pid", str(os.getpid())),
+            ("X-Worker", str(uwsgi.worker_id())),
+        ],
+    )
     return [body]
 
 
 def echo(environ, start_response):
     body = environ["wsgi.input"].read()
     keys = {k: v for k, v in environ.items() if isinstance(v, str)}
-    return _json(start_response, {"environ": keys, "body": body.decode("latin-1"),
-                                  "url_scheme": environ["wsgi.url_scheme"]})
+    return _json(
+        start_response,
+        {"environ": keys, "body": body.decode("latin-1"), "url_scheme": environ["wsgi.url_scheme"]},
+    )
 
 
 def core(environ, start_response):
@@ -40,10 +47,12 @@ def core(environ, start_response):
         time.sleep(float(query.get("s", ["1"])[0]))
         return _json(start_response, {"slept": True})
     if path == "/slowstream":
+
         def gen():
             yield b"first\n"
             time.sleep(float(query.get("s", ["1"])[0]))
             yield b"second\n"
+
         start_response("200 OK", [("Content-Type", "text/plain")])
         return gen()
     if path == "/chunked":
@@ -72,7 +81,7 @@ def core(environ, start_response):
         return [b"0123456789"]
     if path == "/sendfile":
         name = query["f"][0]
-        handle = open(name, "rb")
+        handle = open(name, "rb")  # noqa: SIM115 - closed by the server via file_wrapper
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](handle, 8192)
     if path == "/big":
@@ -89,13 +98,29 @@ def core(environ, start_response):
         globals().setdefault("LEAK", []).append(b"x" * (int(query.get("mb", ["10"])[0]) << 20))
         return _json(start_response, {"leaked": len(globals()["LEAK"])})
     if path == "/opt":
-        opt = {k: (v.decode() if isinstance(v, bytes) else v if not isinstance(v, list)
-                   else [x.decode() if isinstance(x, bytes) else x for x in v])
-               for k, v in uwsgi.opt.items()}
-        return _json(start_response, {"opt": opt, "types": {k: type(v).__name__
-                                                            for k, v in uwsgi.opt.items()}})
-    return _json(start_response, {"pid": os.getpid(), "worker": uwsgi.worker_id(),
-                                  "mule": uwsgi.mule_id(), "started": STARTED})
+        opt = {
+            k: (
+                v.decode()
+                if isinstance(v, bytes)
+                else v
+                if not isinstance(v, list)
+                else [x.decode() if isinstance(x, bytes) else x for x in v]
+            )
+            for k, v in uwsgi.opt.items()
+        }
+        return _json(
+            start_response,
+            {"opt": opt, "types": {k: type(v).__name__ for k, v in uwsgi.opt.items()}},
+        )
+    return _json(
+        start_response,
+        {
+            "pid": os.getpid(),
+            "worker": uwsgi.worker_id(),
+            "mule": uwsgi.mule_id(),
+            "started": STARTED,
+        },
+    )
 
 
 validated = validator(core)
@@ -104,7 +129,14 @@ validated = validator(core)
 def application(environ, start_response):
     # wsgiref.validate checks both the server (environ, start_response, iteration) and
     # the app; paths that break WSGI on purpose skip it.
-    if environ["PATH_INFO"] in ("/badheader", "/error", "/shortcl", "/longcl", "/sendfile",
-                                "/nocontent", "/notmodified"):
+    if environ["PATH_INFO"] in (
+        "/badheader",
+        "/error",
+        "/shortcl",
+        "/longcl",
+        "/sendfile",
+        "/nocontent",
+        "/notmodified",
+    ):
         return core(environ, start_response)
     return validated(environ, start_response)
