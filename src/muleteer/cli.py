@@ -109,7 +109,7 @@ def _cli_entries(argv: Sequence[str]) -> tuple[list[Entry], list[tuple[str, str]
                 i += 1
             entries.append(Entry(name, raw, True, source, TIER_CLI))
             continue
-        if option.kind is Kind.FLAG or option.kind is Kind.OPTIONAL_LIST:
+        if option.kind in (Kind.FLAG, Kind.OPTIONAL_LIST, Kind.OPTIONAL_VALUE):
             entries.append(Entry(name, attached, bool(eq), source, TIER_CLI))
             continue
         if not eq:

@@ -165,7 +165,7 @@ def _convert(option: Option[Any], entry: Entry) -> Any:
         return o.to_bool(entry.raw) if entry.has_value else True
     if option.kind is Kind.OPTIONAL_LIST:
         return entry.raw
-    if option.kind is Kind.VALUE and not entry.has_value and option is not o.CHMOD_SOCKET:
+    if option.kind is Kind.VALUE and not entry.has_value:
         raise _value_error(option, entry, "a value is required")
     try:
         return option.convert(entry.raw)

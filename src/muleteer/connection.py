@@ -159,8 +159,13 @@ class Conn:
         wsgi.add_headers(environ, head.headers, self.trust_forwarded)
         if stream is not None:
             environ["wsgi.input"] = stream
+            environ["wsgi.input_terminated"] = True
         elif self.sink is not None:
             environ["wsgi.input"] = self.sink.input()
+            if head.chunked:
+                # The whole body is buffered already: tell apps that trust CONTENT_LENGTH.
+                environ["CONTENT_LENGTH"] = str(self.sink.size)
+                environ["wsgi.input_terminated"] = True
         else:
             environ["wsgi.input"] = io.BytesIO()
         self.head = None
@@ -365,6 +370,16 @@ class StreamingInput(io.RawIOBase):
             if chunk == b"\n" or (size is not None and 0 <= size <= len(out)):
                 break
         return bytes(out)
+
+    def reusable(self) -> bool:
+        """Whether the connection can be kept once the app is done: known before the
+        response head is sent, so the head can say ``Connection: close`` when it cannot."""
+        if self.done:
+            return True
+        if not self.continued:
+            return False  # the client still waits for 100 Continue: never read its body
+        conn = self.conn
+        return conn.chunked is None and conn.remaining - len(conn.buf) <= 65536
 
     def finish(self) -> bool:
         """After the app: True when the connection can be reused (body fully consumed

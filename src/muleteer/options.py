@@ -23,6 +23,7 @@ class Kind(enum.Enum):
     VALUE = "value"  # exactly one value; the last one wins
     LIST = "list"  # repeatable; every value is kept, in order
     OPTIONAL_LIST = "optional list"  # repeatable, value optional (``--mule`` / ``--mule=x``)
+    OPTIONAL_VALUE = "optional value"  # one value, optional (``--chmod-socket[=660]``)
 
 
 class OptionValueError(ValueError):
@@ -238,14 +239,17 @@ LISTEN = value(
     category="sockets",
     metavar="N",
 )
-CHMOD_SOCKET = value(
-    "chmod-socket",
-    None,
-    "mode of unix sockets (octal; bare = 666 as in "
-    "uWSGI). Without it unix sockets are created 0600 (owner only)",
-    _mode,
-    category="sockets",
-    metavar="MODE",
+CHMOD_SOCKET: Option[int | None] = _declare(
+    Option(
+        "chmod-socket",
+        Kind.OPTIONAL_VALUE,
+        None,
+        "mode of unix sockets (octal; bare `--chmod-socket` = 666 as in uWSGI). Without "
+        "it unix sockets are created 0600 (owner only)",
+        _mode,
+        category="sockets",
+        metavar="[MODE]",
+    )
 )
 UMASK = optional("umask", "process umask (octal)", _mode, category="sockets", metavar="MASK")
 VACUUM = flag("vacuum", "remove unix sockets and the pidfile on exit", category="sockets")

@@ -383,6 +383,7 @@ class Worker:
         if request.stream is not None:
             request.stream.send = send_all
             request.stream.timeout = self.socket_timeout
+            exchange.reusable = request.stream.reusable
         start = time.monotonic()
         self.in_flight[conn.fd] = (conn, exchange)
         if self.threads == 1:

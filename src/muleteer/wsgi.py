@@ -158,6 +158,7 @@ class Exchange:
         "keep_alive",
         "no_body",
         "protocol",
+        "reusable",
         "send_all",
         "sent_body",
         "status",
@@ -180,6 +181,7 @@ class Exchange:
         self.chunked = False
         self.close_after = not keep_alive
         self.no_body = head_only
+        self.reusable: Callable[[], bool] | None = None  # the request body's verdict
         self.sent_body = 0
         self.tx = 0
 
@@ -202,6 +204,8 @@ class Exchange:
     def _head(self, body_len: int | None) -> bytes:
         status = self.status
         assert status is not None
+        if self.reusable is not None and not self.reusable():
+            self.close_after = True
         no_body = self.head_only or status.startswith(_NO_BODY_STATUS)
         lines = [f"{self.version} {status}\r\n"]
         length: int | None = None

@@ -30,7 +30,7 @@ def _json(start_response, payload, status="200 OK"):
 
 
 def echo(environ, start_response):
-    body = environ["wsgi.input"].read()
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     keys = {k: v for k, v in environ.items() if isinstance(v, str)}
     return _json(
         start_response,
@@ -41,7 +41,7 @@ def echo(environ, start_response):
 def core(environ, start_response):
     path = environ["PATH_INFO"]
     query = parse_qs(environ.get("QUERY_STRING", ""))
-    if path == "/echo":
+    if path.startswith("/echo"):
         return echo(environ, start_response)
     if path == "/slow":
         time.sleep(float(query.get("s", ["1"])[0]))
