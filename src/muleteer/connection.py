@@ -266,6 +266,10 @@ class Conn:
         self.buf.clear()
         environ = self.base.copy()
         environ.update(variables)
+        # nginx also sends the body headers as HTTP_CONTENT_LENGTH/TYPE; PEP 3333 (and
+        # wsgiref.validate) want them only unprefixed.
+        environ.pop("HTTP_CONTENT_LENGTH", None)
+        environ.pop("HTTP_CONTENT_TYPE", None)
         environ.setdefault("PATH_INFO", "/")
         environ.setdefault("QUERY_STRING", "")
         environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
