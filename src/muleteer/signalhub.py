@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -75,7 +74,7 @@ class SignalHub:
         self._filemon: FileMonitorBackend | None = None
         self.file_monitors: list[FileMonitor] = []
         self.fs_reloads: dict[int, str] = {}  # watch id -> path (--fs-reload)
-        self._child_timers: set[tuple[str, int, float]] = set()
+        self._child_triggers: set[tuple[object, ...]] = set()
         self._last_drop_warning: dict[str, float] = {}
         self.raised_from_children = 0
 
@@ -99,29 +98,28 @@ class SignalHub:
         )
         del entry
 
-    def _dedup(self, kind: str, num: int, seconds: float, origin: str) -> bool:
+    def _seen(self, origin: str, *key: object) -> bool:
         """A child re-registering after a respawn (or each lazy-apps worker) must not add
-        one more timer each time; the master's own registrations are never merged."""
+        one more trigger each time; the master's own registrations are never merged
+        (uWSGI does not de-duplicate them either)."""
         if origin == MASTER:
             return False
-        key = (kind, num, seconds)
-        if key in self._child_timers:
-            log.debug("%s for signal %d from %s already exists", kind, num, origin)
+        if key in self._child_triggers:
+            log.debug("%s for signal %d from %s already exists", key[0], key[1], origin)
             return True
-        self._child_timers.add(key)
+        self._child_triggers.add(key)
         return False
 
     def add_timer(self, num: int, seconds: float, origin: str) -> None:
-        if not self._dedup("timer", num, seconds, origin):
+        if not self._seen(origin, "timer", num, seconds):
             self.triggers.add_timer(num, seconds, self.clock())
 
     def add_rb_timer(self, num: int, seconds: float, iterations: int, origin: str) -> None:
-        if not self._dedup("rb_timer", num, seconds, origin):
+        if not self._seen(origin, "rb_timer", num, seconds, iterations):
             self.triggers.add_rb_timer(num, seconds, iterations, self.clock())
 
     def add_cron(self, num: int, fields: tuple[int, int, int, int, int], origin: str) -> None:
-        key = float(hash(fields))
-        if not self._dedup("cron", num, key, origin):
+        if not self._seen(origin, "cron", num, *fields):
             self.triggers.add_cron(Cron(num, *fields))
 
     @property
@@ -131,7 +129,7 @@ class SignalHub:
         return self._filemon
 
     def add_file_monitor(self, num: int, path: str, origin: str) -> None:
-        if origin != MASTER and any(m.signum == num and m.path == path for m in self.file_monitors):
+        if self._seen(origin, "filemon", num, path):
             return
         watch = self.filemon.add(path)
         self.file_monitors.append(FileMonitor(num, path, watch))
@@ -265,6 +263,3 @@ class SignalHub:
             self._filemon.close()
             self._filemon = None
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
