@@ -160,12 +160,6 @@ class Master:
         self._write_pidfile()
         self._drop_privileges()
         farms = {f.name: f.mule_ids for f in self.config.farms}
-        queues = [
-            "shared",
-            *(f"mule {m.id}" for m in self.mule_specs),
-            *(f"farm {n}" for n in farms),
-        ]
-        self.scoreboard = Scoreboard(self.workers, len(self.mule_specs), queues)
         self.channels = Channels.create(
             self.workers,
             len(self.mule_specs),
@@ -173,6 +167,8 @@ class Master:
             self.config.get(o.SIGNAL_BUFSIZE),
             self.config.get(o.MULE_MSG_SIZE),
         )
+        queues = [queue.name for queue in self.channels.queues()]
+        self.scoreboard = Scoreboard(self.workers, len(self.mule_specs), queues)
         self.hub = SignalHub(
             self.channels, self.workers, len(self.mule_specs), self._active_workers
         )

@@ -76,6 +76,7 @@ class MessageQueue:
     name: str  # "mule 1", "shared", "farm jobs"
     send: socket.socket
     recv: socket.socket
+    index: int = -1  # column of this queue in the scoreboard's message counters
 
     @classmethod
     def create(cls, name: str, bufsize: int) -> MessageQueue:
@@ -124,7 +125,7 @@ class Channels:
         inbox_send, inbox_recv = _pair(MESSAGE_SOCKET_TYPE, 0)
         death_r, death_w = os.pipe()
         os.set_blocking(death_r, False)
-        return cls(
+        channels = cls(
             worker_signals=worker_signals,
             any_worker=SignalChannel.create("any worker", signal_bufsize),
             mule_signals=mule_signals,
@@ -141,6 +142,13 @@ class Channels:
             death_w=death_w,
             farm_members=dict(farms),
         )
+        for index, queue in enumerate(channels.queues()):
+            queue.index = index
+        return channels
+
+    def queues(self) -> list[MessageQueue]:
+        """Every message queue, in the order of the scoreboard's counters."""
+        return [self.shared_queue, *self.mule_queues[1:], *self.farm_queues.values()]
 
     def farms_of(self, mule_id: int) -> list[str]:
         return [name for name, ids in self.farm_members.items() if mule_id in ids]

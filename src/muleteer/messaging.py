@@ -19,7 +19,6 @@ import time
 from muleteer import options as o
 from muleteer.ipc import MessageQueue
 from muleteer.runtime import Runtime
-from muleteer.scoreboard import I
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +66,11 @@ def resolve_target(rt: Runtime, target: object) -> MessageQueue:
 
 
 def _refused(rt: Runtime, queue: MessageQueue, size: int) -> bool:
-    rt.scoreboard.count_rejected(queue.name)
+    rt.scoreboard.count_rejected(queue.index)
     now = time.monotonic()
     if now - _last_warning.get(queue.name, 0.0) >= _WARN_EVERY:
         _last_warning[queue.name] = now
-        total = rt.scoreboard.rejected(queue.name)
+        total = rt.scoreboard.rejected(queue.index)
         log.warning(
             "*** MULE MSG QUEUE IS FULL: a %d-byte message to %s was refused (%d refused so "
             "far; raise --mule-msg-size, or send with block=True) ***",
@@ -102,7 +101,8 @@ def mule_msg(
     while True:
         try:
             sock.send(data)
-            rt.scoreboard.ints[rt.slot * I.COUNT + I.MSGS_SENT] += 1
+            sb = rt.scoreboard
+            sb.ints[sb.sent_base + rt.slot * sb.nqueues + queue.index] += 1
             return True
         except (BlockingIOError, InterruptedError):
             pass
@@ -144,6 +144,14 @@ def _require_mule(rt: Runtime, what: str) -> None:
         raise ValueError(f"you can receive {what} messages only in a mule !!!")
 
 
+def _take(rt: Runtime, queue: MessageQueue, buffer_size: int, limit: int) -> bytes | None:
+    data = _recv(queue.recv, buffer_size, limit)
+    if data is not None:
+        sb = rt.scoreboard
+        sb.ints[sb.received_base + rt.slot * sb.nqueues + queue.index] += 1
+    return data
+
+
 def mule_get_msg(
     rt: Runtime,
     signals: object = True,
@@ -160,20 +168,23 @@ def mule_get_msg(
     buffer_size = int(buffer_size)
     limit = rt.config.get(o.MULE_MSG_RECV_SIZE)
     channels = rt.channels
-    queues = [channels.mule_queues[rt.id].recv, channels.shared_queue.recv]
-    if farms:
-        queues += [channels.farm_queues[name].recv for name in channels.farms_of(rt.id)]
+    own = channels.mule_queues[rt.id]
     # Fast path: a message already waiting on the own queue costs one recv().
-    data = _recv(queues[0], buffer_size, limit)
+    data = _take(rt, own, buffer_size, limit)
     if data is not None:
-        rt.scoreboard.ints[rt.slot * I.COUNT + I.MSGS_RECEIVED] += 1
         return data
-    signal_socks = [] if signals else rt.signal_sockets()
-    ordered = [queues[0], queues[1], *signal_socks, *queues[2:]]
-    kinds = {s.fileno(): s in signal_socks for s in ordered}
+    queues = [own, channels.shared_queue]
+    if farms:
+        queues += [channels.farm_queues[name] for name in channels.farms_of(rt.id)]
+    signal_socks = {} if signals else {s.fileno(): s for s in rt.signal_sockets()}
+    # uWSGI's priority: own queue, shared queue, signals, then the farms.
+    order: list[MessageQueue | socket.socket] = [queues[0], queues[1]]
+    order += list(signal_socks.values())
+    order += queues[2:]
     poller = select.poll()
-    for sock in ordered:
-        poller.register(sock.fileno(), select.POLLIN)
+    for item in order:
+        fd = item.recv.fileno() if isinstance(item, MessageQueue) else item.fileno()
+        poller.register(fd, select.POLLIN)
     poller.register(channels.death_r, select.POLLIN)
     deadline = None if timeout is None or timeout < 0 else time.monotonic() + float(timeout)
     while True:
@@ -185,20 +196,18 @@ def mule_get_msg(
             continue
         if channels.death_r in ready:
             rt.check_master()
-        for sock in ordered:
-            if sock.fileno() not in ready:
-                continue
-            if kinds[sock.fileno()]:
-                num = rt.read_signal(sock)
-                if num is None:
-                    continue
-                rt.run_handler(num)
-                return None
-            data = _recv(sock, buffer_size, limit)
-            if data is None:
+        for item in order:
+            if isinstance(item, MessageQueue):
+                if item.recv.fileno() in ready:
+                    data = _take(rt, item, buffer_size, limit)
+                    if data is not None:
+                        return data
                 continue  # another thread or mule took it first: poll again
-            rt.scoreboard.ints[rt.slot * I.COUNT + I.MSGS_RECEIVED] += 1
-            return data
+            if item.fileno() in ready:
+                num = rt.read_signal(item)
+                if num is not None:
+                    rt.run_handler(num)
+                    return None
         if deadline is not None and time.monotonic() >= deadline:
             return b""
 
@@ -219,22 +228,18 @@ def farm_get_msg(rt: Runtime) -> bytes | None:
     names = rt.channels.farms_of(rt.id)
     if not names:
         log.warning("mule %d is in no farm: farm_get_msg() blocks forever", rt.id)
-    socks = {
-        rt.channels.farm_queues[name].recv.fileno(): rt.channels.farm_queues[name].recv
-        for name in names
-    }
+    queues = {rt.channels.farm_queues[n].recv.fileno(): rt.channels.farm_queues[n] for n in names}
     limit = rt.config.get(o.MULE_MSG_RECV_SIZE)
     poller = select.poll()
-    for fd in (*socks, rt.channels.death_r):
+    for fd in (*queues, rt.channels.death_r):
         poller.register(fd, select.POLLIN)
     while True:
         for fd, _ in poller.poll():
             if fd == rt.channels.death_r:
                 rt.check_master()
                 continue
-            data = _recv(socks[fd], 65536, limit)
+            data = _take(rt, queues[fd], 65536, limit)
             if data is not None:
-                rt.scoreboard.ints[rt.slot * I.COUNT + I.MSGS_RECEIVED] += 1
                 return data
 
 

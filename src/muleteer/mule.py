@@ -95,15 +95,16 @@ def signal_only_loop(rt: Runtime) -> int:
     for name in farms:
         sock = channels.farm_signals[name].recv
         signal_socks[sock.fileno()] = (sock, 1)
-    queues = [channels.mule_queues[rt.id].recv, channels.shared_queue.recv]
-    queues += [channels.farm_queues[name].recv for name in farms]
-    queue_by_fd = {sock.fileno(): sock for sock in queues}
+    queues = [channels.mule_queues[rt.id], channels.shared_queue]
+    queues += [channels.farm_queues[name] for name in farms]
+    queue_by_fd = {queue.recv.fileno(): queue for queue in queues}
     limit = rt.config.get(o.MULE_MSG_RECV_SIZE)
     poller = select.poll()
     for fd in (*signal_socks, *queue_by_fd, channels.death_r):
         poller.register(fd, select.POLLIN)
-    base = rt.slot * I.COUNT
-    ints = rt.scoreboard.ints
+    sb = rt.scoreboard
+    ints = sb.ints
+    received = sb.received_base + rt.slot * sb.nqueues
     while True:
         try:
             ready = poller.poll()
@@ -123,11 +124,12 @@ def signal_only_loop(rt: Runtime) -> int:
                 for num in data:
                     rt.run_handler(num)
             else:
+                queue = queue_by_fd[fd]
                 try:
-                    message = queue_by_fd[fd].recv(limit)
+                    message = queue.recv.recv(limit)
                 except (BlockingIOError, InterruptedError):
                     continue  # a sibling mule took it first
-                ints[base + I.MSGS_RECEIVED] += 1
+                ints[received + queue.index] += 1
                 _deliver_message(rt, message)
 
 

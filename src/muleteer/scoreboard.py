@@ -33,9 +33,7 @@ class I(enum.IntEnum):  # noqa: E742 - short index names keep hot-path code read
     RESPAWNS = 11
     RSS = 12
     VSZ = 13
-    MSGS_RECEIVED = 14  # mule messages taken by this mule
     MSGS_UNHANDLED = 15  # messages a signal-only mule had no hook for
-    MSGS_SENT = 16  # mule messages sent by this process
     SIGNALS_RAISED = 17
     ACCEPTING = 18
     GENERATION = 19
@@ -60,20 +58,29 @@ class Status(enum.IntEnum):
 
 
 class Scoreboard:
-    """Slots 1..workers are workers, workers+1..workers+mules are mules (0 = master)."""
+    """Slots 1..workers are workers, workers+1..workers+mules are mules (0 = master).
+
+    Message queues have three counters each. ``sent`` and ``received`` are matrices with
+    one row per slot, so every process writes only its own row (no lock on the hot
+    path); a queue's totals are the sums of its column. ``rejected`` is shared by every
+    sender and only changes on the slow path (a full queue), under a lock.
+    """
 
     def __init__(self, workers: int, mules: int, queues: list[str]) -> None:
         self.workers = workers
         self.mules = mules
         self.slots = 1 + workers + mules
         self.queues = list(queues)
-        ints = self.slots * I.COUNT + len(self.queues)
+        self.nqueues = nq = len(self.queues)
+        self.sent_base = self.slots * I.COUNT
+        self.received_base = self.sent_base + self.slots * nq
+        self.rejected_base = self.received_base + self.slots * nq
+        ints = self.rejected_base + nq
         floats = self.slots * F.COUNT
         self._map = mmap.mmap(-1, (ints + floats) * 8)
         view = memoryview(self._map)
         self.ints: Any = view[: ints * 8].cast("q")
         self.floats: Any = view[ints * 8 :].cast("d")
-        self._queue_base = self.slots * I.COUNT
         # A process-shared lock inherited through fork; only the slow paths take it.
         self._lock = multiprocessing.Lock()
 
@@ -83,21 +90,11 @@ class Scoreboard:
     def mule_slot(self, mule_id: int) -> int:
         return self.workers + mule_id
 
-    def base(self, slot: int) -> int:
-        return slot * I.COUNT
-
-    def fbase(self, slot: int) -> int:
-        return slot * F.COUNT
-
     def get(self, slot: int, field: I) -> int:
         return int(self.ints[slot * I.COUNT + field])
 
     def set(self, slot: int, field: I, value: int) -> None:
         self.ints[slot * I.COUNT + field] = value
-
-    def add(self, slot: int, field: I, delta: int = 1) -> None:
-        index = slot * I.COUNT + field
-        self.ints[index] += delta
 
     def getf(self, slot: int, field: F) -> float:
         return float(self.floats[slot * F.COUNT + field])
@@ -108,10 +105,25 @@ class Scoreboard:
     def queue_index(self, name: str) -> int:
         return self.queues.index(name)
 
-    def count_rejected(self, queue: str) -> None:
-        index = self._queue_base + self.queues.index(queue)
+    def count_rejected(self, queue: int) -> None:
         with self._lock:
-            self.ints[index] += 1
+            self.ints[self.rejected_base + queue] += 1
 
-    def rejected(self, queue: str) -> int:
-        return int(self.ints[self._queue_base + self.queues.index(queue)])
+    def rejected(self, queue: int) -> int:
+        return int(self.ints[self.rejected_base + queue])
+
+    def sent(self, queue: int) -> int:
+        return sum(self.ints[self.sent_base + s * self.nqueues + queue] for s in range(self.slots))
+
+    def received(self, queue: int) -> int:
+        base = self.received_base
+        return sum(self.ints[base + s * self.nqueues + queue] for s in range(self.slots))
+
+    def depth(self, queue: int) -> int:
+        """Messages waiting in a queue (sent minus received; never negative)."""
+        return max(0, self.sent(queue) - self.received(queue))
+
+    def slot_total(self, base: int, slot: int) -> int:
+        """Sum of one row of the sent or received matrix."""
+        start = base + slot * self.nqueues
+        return sum(self.ints[start : start + self.nqueues])

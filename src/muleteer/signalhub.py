@@ -262,4 +262,3 @@ class SignalHub:
         if self._filemon is not None:
             self._filemon.close()
             self._filemon = None
-
