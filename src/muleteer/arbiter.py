@@ -20,9 +20,7 @@ import gc
 import logging
 import multiprocessing
 import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 
 import setproctitle
 
-from muleteer import apploader, logs, mule, runtime, sockets, spawn
+from muleteer import apploader, fifo, logs, mule, runtime, sockets, spawn
 from muleteer import options as o
 from muleteer.apploader import AppLoadError, WSGIApp
 from muleteer.compat import uwsgi as uwsgi_module
@@ -51,7 +49,7 @@ from muleteer.triggers import (
 
 log = logging.getLogger(__name__)
 
-MASTER_SIGNALS = (
+MASTER_SIGNALS: tuple[int, ...] = (
     signal.SIGHUP,
     signal.SIGTERM,
     signal.SIGINT,
@@ -90,6 +88,9 @@ class Master:
         self.cwd = os.getcwd()
         self.reloads = int(os.environ.get("UWSGI_RELOADS", "0") or 0)
         self.check_interval = float(config.get(o.CHECK_INTERVAL))
+        self.chain: list[Slot] = []
+        self.chain_current: Slot | None = None
+        self.chain_old_pid = 0
 
     # -- boot ----------------------------------------------------------------------------------
 
@@ -240,6 +241,10 @@ class Master:
             hub.add_touch(path, "mules-reload")
         for path in cfg.get(o.FS_RELOAD):
             hub.add_fs_reload(os.path.abspath(path))
+        for path in cfg.get(o.TOUCH_WORKERS_RELOAD):
+            hub.add_touch(path, "workers-reload")
+        for path in cfg.get(o.TOUCH_CHAIN_RELOAD):
+            hub.add_touch(path, "chain-reload")
 
     # -- children ------------------------------------------------------------------------------
 
@@ -531,51 +536,99 @@ class Master:
                 sb.get(index, I.RESPAWNS),
             )
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- reloads of part of the server ---------------------------------------------------------
 
-    def _install_signals(self) -> socket.socket:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        # Handlers do nothing: set_wakeup_fd writes each signal number to the socket and
-        # the loop acts on it. Nothing is logged or reaped inside a handler.
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in MASTER_SIGNALS:
-            signal.signal(signum, lambda s, f: None)
-        # A reload blocks these signals before exec (a SIGHUP during the new master's
-        # start-up would otherwise kill it); pending ones are delivered now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
-        self._wake_w = wake_w
-        return wake_r
-
-    def _on_os_signals(self, wake_r: socket.socket) -> None:
-        try:
-            data = wake_r.recv(4096)
-        except (BlockingIOError, InterruptedError):
+    def reload_workers(self, brutal: bool, reason: str) -> None:
+        """Replace every worker (the master is not re-executed; uWSGI's `w`/`W`)."""
+        if self.phase is not Phase.RUNNING:
             return
-        for signum in data:
-            if signum == signal.SIGHUP:
-                self.begin_reload(brutal=False)
-            elif signum == signal.SIGTERM:
-                if self.config.get(o.DIE_ON_TERM):
-                    self.begin_stop(brutal=True)
-                else:
-                    self.begin_reload(brutal=True)
-            elif signum in (signal.SIGINT, signal.SIGQUIT):
-                self.begin_stop(brutal=True)
-            elif signum == signal.SIGUSR1:
-                self.log_stats()
+        log.info("%s: %s reload of the workers", reason, "brutal" if brutal else "graceful")
+        self._stop_children(
+            signal.SIGTERM if brutal else signal.SIGHUP, reason, kinds=("worker",), respawn=True
+        )
 
-    def _apply(self, actions: HubActions) -> None:
+    def begin_chain_reload(self, reason: str) -> None:
+        """Replace the workers one at a time: the next one is stopped only once the
+        previous one's replacement is accepting, so capacity never drops to zero."""
+        if self.phase is not Phase.RUNNING or self.chain:
+            return
+        log.info("%s: chain reload starting", reason)
+        self.chain = [s for s in self.slots if s.kind == "worker"]
+        self.chain_current = None
+        self.step_chain(time.monotonic())
+
+    def step_chain(self, now: float) -> None:
+        current = self.chain_current
+        if current is not None:
+            index = self._scoreboard_slot(current)
+            replaced = current.state is SlotState.RUNNING and current.pid != self.chain_old_pid
+            if not (replaced and self.scoreboard.get(index, I.ACCEPTING)):
+                return
+            self.chain_current = None
+        if not self.chain:
+            if current is not None:
+                log.info("chain reload complete")
+            return
+        slot = self.chain.pop(0)
+        self.chain_current = slot
+        self.chain_old_pid = slot.pid
+        if slot.pid:
+            mercy = float(self.config.get(o.WORKER_RELOAD_MERCY))
+            slot.stop(now, mercy, "chain reload", respawn=True)
+            self._kill(slot.pid, signal.SIGHUP)
+            log.info("chain reload: worker %d (pid: %d) asked to stop", slot.id, slot.pid)
+
+    def on_os_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.begin_reload(brutal=False)
+        elif signum == signal.SIGTERM:
+            if self.config.get(o.DIE_ON_TERM):
+                self.begin_stop(brutal=True)
+            else:
+                self.begin_reload(brutal=True)
+        elif signum in (signal.SIGINT, signal.SIGQUIT):
+            self.begin_stop(brutal=True)
+        elif signum == signal.SIGUSR1:
+            self.log_stats()
+
+    def on_fifo_command(self, command: str) -> None:
+        log.info("master fifo: %r (%s)", command, fifo.COMMANDS[command])
+        if command == "r":
+            self.begin_reload(brutal=False)
+        elif command == "R":
+            self.begin_reload(brutal=True)
+        elif command == "c":
+            self.begin_chain_reload("master fifo")
+        elif command in "wW":
+            self.reload_workers(command == "W", "master fifo")
+        elif command == "m":
+            self.reload_mules("master fifo")
+        elif command == "q":
+            self.begin_stop(brutal=False)
+        elif command == "Q":
+            self.begin_stop(brutal=True)
+        elif command == "s":
+            self.log_stats()
+        elif command == "P":
+            self._write_pidfile()
+        elif command == "l":
+            logs.reopen(self.config.get(o.LOGTO))
+
+    def apply(self, actions: HubActions) -> None:
         for path in actions.reload:
             log.info("*** %s has been touched... grace them all !!! ***", path)
             self.begin_reload(brutal=False)
         for path in actions.mules_reload:
             self.reload_mules(f"{path} has been touched")
+        for path in actions.workers_reload:
+            self.reload_workers(False, f"{path} has been touched")
+        for path in actions.chain_reload:
+            self.begin_chain_reload(f"{path} has been touched")
         for cron in actions.commands:
             self.run_command(cron)
 
-    def _timeout(self, now: float) -> float:
+    def timeout(self, now: float) -> float:
+        """How long the loop may wait: until the nearest deadline, at most a check interval."""
         timeout = self.check_interval
         deadline = self.hub.next_deadline()
         if deadline is not None:
@@ -585,61 +638,12 @@ class Master:
                 timeout = min(timeout, slot.respawn_at - now)
             elif slot.state is SlotState.STOPPING:
                 timeout = min(timeout, slot.mercy_deadline - now)
-        if self.config.get(o.HARAKIRI) or self.config.get(o.MULE_HARAKIRI):
+        if self.config.get(o.HARAKIRI) or self.config.get(o.MULE_HARAKIRI) or self.chain_current:
             timeout = min(timeout, 0.1)
         return max(0.0, timeout)
 
-    def loop(self) -> None:
-        wake_r = self._install_signals()
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r, selectors.EVENT_READ, "signals")
-        selector.register(self.channels.inbox_recv, selectors.EVENT_READ, "inbox")
-        filemon_fd = self.hub.filemon_fd()
-        if filemon_fd is not None:
-            selector.register(filemon_fd, selectors.EVENT_READ, "filemon")
-        now = time.monotonic()
-        for slot in self.slots:
-            self.spawn(slot, now)
-        writing: set[int] = set()
-        next_tick = 0.0
-        while True:
-            now = time.monotonic()
-            for key, _ in selector.select(self._timeout(now)):
-                if key.data == "signals":
-                    self._on_os_signals(wake_r)
-                elif key.data == "inbox":
-                    self.hub.drain_inbox(self.channels.inbox_recv)
-                elif key.data == "filemon":
-                    self._apply(self.hub.read_filemon())
-                elif key.data == "write":
-                    self.hub.on_writable(key.fd)
-            new_fd = self.hub.filemon_fd()
-            if new_fd is not None and new_fd != filemon_fd:
-                filemon_fd = new_fd
-                selector.register(filemon_fd, selectors.EVENT_READ, "filemon")
-            self.reap()
-            now = time.monotonic()
-            wall = time.time()
-            if self.phase is Phase.RUNNING:
-                # Crons and touch files are checked once per check interval; timers
-                # whenever their deadline passes.
-                if now >= next_tick:
-                    next_tick = now + self.check_interval
-                    self._apply(self.hub.tick(wall))
-                else:
-                    for num in self.hub.triggers.due_timers(now):
-                        self.hub.raise_signal(num, "timer")
-            wanted = set(self.hub.write_wanted())
-            for fd in wanted - writing:
-                selector.register(fd, selectors.EVENT_WRITE, "write")
-            for fd in writing - wanted:
-                selector.unregister(fd)
-            writing = wanted
-            self.check_deadlines(now)
-            self.maintain(now)
-            if self.phase is not Phase.RUNNING and not self.by_pid:
-                break
-        selector.close()
+    def all_up(self) -> bool:
+        return all(s.state is SlotState.RUNNING for s in self.slots)
 
     # -- exit ----------------------------------------------------------------------------------
 
@@ -686,5 +690,7 @@ def run_master(config: Config) -> int:
     except AppLoadError as exc:
         log.error("%s", exc)
         return spawn.EXIT_APP_LOAD
-    master.loop()
+    from muleteer.masterloop import MasterLoop
+
+    MasterLoop(master).run()
     return master.finish()

@@ -216,6 +216,10 @@ def _out(text: str, stream: TextIO | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["top"]:
+        from muleteer import top
+
+        return top.main(args[1:])
     if args[:1] in (["--help"], ["-h"]):
         _out(usage())
         return 0

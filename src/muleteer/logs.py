@@ -55,13 +55,7 @@ def setup(logto: str | None = None, debug: bool = False) -> None:
     the same file as the server's own lines, and forked children inherit the descriptors,
     so O_APPEND keeps their whole lines from overwriting each other.
     """
-    if logto:
-        fd = os.open(logto, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+    reopen(logto)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     handler.addFilter(_RoleFilter())
@@ -74,3 +68,15 @@ def setup(logto: str | None = None, debug: bool = False) -> None:
         root.setFormatter(_Formatter())
         root.addFilter(_RoleFilter())
         logging.getLogger().addHandler(root)
+
+
+def reopen(logto: str | None) -> None:
+    """Reopen the log file (master FIFO ``l``): after logrotate moved it away."""
+    if not logto:
+        return
+    fd = os.open(logto, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

@@ -723,45 +723,37 @@ STATS = value(
     aliases=("stats-server",),
     category="stats",
     metavar="ADDR",
-    implemented=False,
 )
-STATS_HTTP = flag(
-    "stats-http", "serve the stats over HTTP (and /metrics)", category="stats", implemented=False
-)
+STATS_HTTP = flag("stats-http", "serve the stats over HTTP (and /metrics)", category="stats")
 STATS_MINIFIED = flag(
     "stats-minified",
     "minified stats JSON",
     aliases=("stats-min",),
     category="stats",
-    implemented=False,
 )
 STATS_ALLOW_PUBLIC = flag(
     "stats-allow-public",
     "allow a stats address that is not loopback",
     category="stats",
     muleteer_only=True,
-    implemented=False,
 )
 MASTER_FIFO = many(
     "master-fifo",
     "control the master through a FIFO of one-letter commands",
     category="stats",
     metavar="PATH",
-    implemented=False,
 )
 TOUCH_WORKERS_RELOAD = many(
     "touch-workers-reload",
     "reload the workers when FILE's mtime changes",
     category="stats",
     metavar="FILE",
-    implemented=False,
 )
 TOUCH_CHAIN_RELOAD = many(
     "touch-chain-reload",
     "chain-reload the workers when FILE's mtime changes",
     category="stats",
     metavar="FILE",
-    implemented=False,
 )
 
 

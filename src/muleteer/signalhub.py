@@ -41,6 +41,8 @@ class HubActions:
 
     reload: list[str] = field(default_factory=list)  # touch-reload / fs-reload paths
     mules_reload: list[str] = field(default_factory=list)
+    workers_reload: list[str] = field(default_factory=list)
+    chain_reload: list[str] = field(default_factory=list)
     commands: list[Cron] = field(default_factory=list)
 
 
@@ -241,6 +243,10 @@ class SignalHub:
                 actions.reload.append(watch.path)
             elif watch.action == "mules-reload":
                 actions.mules_reload.append(watch.path)
+            elif watch.action == "workers-reload":
+                actions.workers_reload.append(watch.path)
+            elif watch.action == "chain-reload":
+                actions.chain_reload.append(watch.path)
         if self._filemon is not None and self._filemon.fileno() is None:
             changed = self._filemon.poll_changed()
             if changed:
