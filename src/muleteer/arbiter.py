@@ -351,7 +351,8 @@ class Master:
             self.exit_code = spawn.EXIT_APP_LOAD
             self.begin_stop(brutal=True)
             return
-        delay = slot.exited(now, float(self.config.get(o.FORKBOMB_DELAY)))
+        retired_itself = slot.kind == "worker" and code == spawn.EXIT_RECYCLE
+        delay = slot.exited(now, float(self.config.get(o.FORKBOMB_DELAY)), retired_itself)
         if slot.state is SlotState.RETIRED:
             log.info("%s (pid: %d) %s", slot.name, pid, how)
             return
@@ -359,7 +360,7 @@ class Master:
             slot.retire()
             log.info("%s (pid: %d) %s", slot.name, pid, how)
             return
-        if was_stopping:
+        if was_stopping or retired_itself:
             log.info("%s (pid: %d) %s: respawning", slot.name, pid, how)
         elif slot.kind == "worker":
             log.warning(

@@ -413,8 +413,10 @@ CHECK_INTERVAL = value(
 )
 FORKBOMB_DELAY = value(
     "forkbomb-delay",
-    2,
-    "longest back-off (seconds) between respawns of a process that keeps dying at start",
+    10,
+    "longest back-off (seconds) between respawns of a worker or mule that keeps dying at "
+    "start: 0.1 s, 0.2 s, ... up to this, as a deadline of the master's loop (uWSGI's "
+    "default is 2, and it sleeps the whole master)",
     _int(0),
     category="processes",
     metavar="S",

@@ -24,6 +24,7 @@ EXIT_MASTER_GONE = 1
 EXIT_APP_LOAD = 22  # uWSGI's code for "need-app and no app": the master stops the server
 EXIT_END = 30  # uWSGI's code for a mule whose program ended, or an immediate stop
 EXIT_HARAKIRI = 31
+EXIT_RECYCLE = 17  # a worker that retired itself (max-requests, reload-on-rss, SIGHUP)
 EXIT_CRASH = 70
 
 _PR_SET_PDEATHSIG = 1

@@ -171,7 +171,9 @@ class Worker:
             return spawn.EXIT_MASTER_GONE
         if self.stop_reason:
             log.info("%s", self.stop_reason)
-        return spawn.EXIT_OK
+        # A distinct code tells the master this was a requested stop, not a crash: the
+        # slot is respawned at once, without the start-up back-off.
+        return spawn.EXIT_RECYCLE
 
     # -- the loop ----------------------------------------------------------------------------
 
