@@ -146,6 +146,28 @@ class Channels:
             queue.index = index
         return channels
 
+    def close(self) -> None:
+        """Close every end (the in-process test harness; never in the server)."""
+        channels = [
+            *self.worker_signals,
+            self.any_worker,
+            *self.mule_signals,
+            self.any_mule,
+            *self.farm_signals.values(),
+        ]
+        queues = [*self.mule_queues, self.shared_queue, *self.farm_queues.values()]
+        ends = [end for c in channels for end in (c.send, c.recv)]
+        ends += [end for q in queues for end in (q.send, q.recv)]
+        for end in ends:
+            end.close()
+        self.inbox_send.close()
+        self.inbox_recv.close()
+        for fd in (self.death_r, self.death_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def queues(self) -> list[MessageQueue]:
         """Every message queue, in the order of the scoreboard's counters."""
         return [self.shared_queue, *self.mule_queues[1:], *self.farm_queues.values()]

@@ -251,3 +251,23 @@ def muleteer_server(tmp_path: Path) -> Iterator[ServerFactory]:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def uwsgi_env() -> Iterator[Callable[..., Any]]:
+    """Factory for the in-process harness (``muleteer.testing``): ``uwsgi_env(workers=2,
+    mules=2, farms={...}, options=[...], start=datetime)`` installs an ``uwsgi`` module
+    with virtual workers and mules and a fake clock; everything is uninstalled after the
+    test."""
+    from muleteer import testing
+
+    made: list[testing.Harness] = []
+
+    def factory(**kw: Any) -> testing.Harness:
+        harness = testing.install(**kw)
+        made.append(harness)
+        return harness
+
+    yield factory
+    for harness in reversed(made):
+        harness.uninstall()

@@ -17,7 +17,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -112,7 +112,7 @@ class Runtime:
     master_pid: int
     port: MasterPort
     started_on: int = field(default_factory=lambda: int(time.time()))
-    handlers: dict[int, SignalHandler] = field(default_factory=dict)
+    handlers: MutableMapping[int, SignalHandler] = field(default_factory=dict)
     locks: list[Any] = field(default_factory=list)
     module: ModuleType | None = None
     listener_fds: list[int] = field(default_factory=list)
@@ -246,3 +246,8 @@ def get() -> Runtime | None:
 def install(runtime: Runtime) -> None:
     global _CURRENT
     _CURRENT = runtime
+
+
+def uninstall() -> None:
+    global _CURRENT
+    _CURRENT = None
