@@ -37,9 +37,21 @@ uwsgi.register_signal(31, "mule1", relay)
 uwsgi.register_signal(32, "workers", handler("sig32"))
 
 
+def gate(signum):
+    """Keeps mule 1 busy until the file named by GATE exists (at most 20 s)."""
+    mark("gate-entered", signum)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mark("gate-left", signum)
+
+
+uwsgi.register_signal(62, "mule1", gate)
+
+
 def explode(signum):
     mark("explode", signum)
-    raise ValueError("boom from the handler of signal %d" % signum)
+    raise ValueError(f"boom from the handler of signal {signum}")
 
 
 uwsgi.register_signal(70, "mule1", explode)

@@ -26,6 +26,7 @@ def facade():
     workers = uwsgi.workers()
     return {
         "opt": {key: repr(value) for key, value in uwsgi.opt.items()},
+        "opt_key_types": sorted({type(key).__name__ for key in uwsgi.opt}),
         "opt_value_types": sorted({type(value).__name__ for value in uwsgi.opt.values()}),
         "version": repr(uwsgi.version),
         "numproc": repr(uwsgi.numproc),
