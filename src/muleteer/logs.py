@@ -56,6 +56,11 @@ def setup(logto: str | None = None, debug: bool = False) -> None:
     so O_APPEND keeps their whole lines from overwriting each other.
     """
     reopen(logto)
+    # print() in an app or a mule goes to the same file as the server's lines: make it
+    # line-buffered (as uWSGI's processes are), or lines would wait in an 8 KiB buffer
+    # and be lost when a process ends with os._exit().
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     handler.addFilter(_RoleFilter())

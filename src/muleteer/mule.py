@@ -35,6 +35,7 @@ def _install_os_signals() -> None:
     """uWSGI's mule: SIGHUP/SIGINT/SIGTERM end it at once, other noise is ignored."""
 
     def end(signum: int, frame: FrameType | None) -> None:
+        spawn.flush_std()
         os._exit(spawn.EXIT_END)
 
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):

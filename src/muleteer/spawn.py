@@ -47,6 +47,15 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
         log.debug("PR_SET_PDEATHSIG unavailable")
 
 
+def flush_std() -> None:
+    """Flush stdout/stderr before ``os._exit`` (which skips Python's own flushing)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def wait_writable(sock: socket.socket, timeout: float) -> None:
     """Block until `sock` can take more bytes, or raise TimeoutError."""
     poller = select.poll()
@@ -92,8 +101,5 @@ def fork_child(entry: Callable[[], int], before: Callable[[], None] | None = Non
         traceback.print_exc()
         code = EXIT_CRASH
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        flush_std()
+        os._exit(code)

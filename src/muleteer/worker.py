@@ -130,6 +130,7 @@ class Worker:
             self.os_signals.append(signum)
 
         def die(signum: int, frame: FrameType | None) -> None:
+            spawn.flush_std()
             os._exit(spawn.EXIT_END)
 
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
@@ -549,6 +550,7 @@ class Worker:
                 conn.sock.close()
             except OSError:
                 pass
+        spawn.flush_std()
         os._exit(spawn.EXIT_HARAKIRI)
 
 

@@ -1,0 +1,1 @@
+"""A package for the ``--mule=pkg.module:function`` program form."""
