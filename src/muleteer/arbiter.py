@@ -28,7 +28,9 @@ from typing import Any
 
 import setproctitle
 
-from muleteer import apploader, fifo, logs, mule, runtime, sockets, spawn
+# The worker's modules are imported here, in the master, so that forked workers share
+# their pages instead of each importing (and owning) a copy.
+from muleteer import apploader, fifo, logs, mule, runtime, sockets, spawn, worker
 from muleteer import options as o
 from muleteer.apploader import AppLoadError, WSGIApp
 from muleteer.compat import uwsgi as uwsgi_module
@@ -301,9 +303,7 @@ class Master:
                 if self.config.get(o.NEED_APP) or not self.config.is_set(o.NEED_APP):
                     return spawn.EXIT_APP_LOAD
                 app = None
-        from muleteer.worker import run_worker
-
-        return run_worker(rt, self.listeners, app)
+        return worker.run_worker(rt, self.listeners, app)
 
     def spawn(self, slot: Slot, now: float) -> None:
         sb, index = self.scoreboard, self._scoreboard_slot(slot)

@@ -153,24 +153,35 @@ def scan_head(buf: bytes | bytearray, limits: Limits) -> int:
     incomplete head already has too many or too long field lines, and 400 as soon as a
     bare LF or bare CR is seen (otherwise such a head would only end at a timeout).
     """
+    # The status must not depend on how the bytes were split into reads: an error raised
+    # for a prefix must be the one the whole head gets. So bare CR/LF (found as soon as
+    # they arrive) are checked first, on the same bytes whether or not the head is
+    # complete: the head itself, or at most buffer_size bytes of an incomplete one.
     skip = _skip_empty_lines(buf)
+    n = len(buf)
+    end = buf.find(b"\r\n\r\n", skip, limits.buffer_size)
+    stop = end + 4 if end >= 0 else min(n, limits.buffer_size)
+    crlf = buf.count(b"\r\n", 0, stop)
+    if buf.count(b"\n", 0, stop) != crlf:
+        raise HttpError(400, "bare LF in head")  # G1: CVE-2019-16785, CVE-2022-32214
+    # A CR ending an incomplete head may still get its LF.
+    if buf.count(b"\r", 0, stop) - (end < 0 and buf[stop - 1 : stop] == b"\r") != crlf:
+        raise HttpError(400, "bare CR in head")  # G2: CVE-2023-30589
     line_limit = min(limits.max_request_line, limits.buffer_size)
     # The request line plus its CRLF must fit in line_limit + 2 bytes.
     window = skip + line_limit + 2
-    if buf.find(b"\n", skip, window) < 0 and len(buf) >= window:
+    no_line_end = buf.find(b"\n", skip, window) < 0
+    if no_line_end and n >= window:
         raise HttpError(414, "request line too long")
-    end = buf.find(b"\r\n\r\n", skip, limits.buffer_size)
     if end >= 0:
         return end + 4
-    n = len(buf)
     if n >= limits.buffer_size:
+        if no_line_end:
+            # 414 or 431 depends on whether the line ends within the window, at most
+            # skip + 2 bytes further: wait for them rather than guess.
+            return -1
         raise HttpError(431, "request head too large")
     # Incomplete: refuse early what parse_head would refuse anyway.
-    crlf = buf.count(b"\r\n")
-    if buf.count(b"\n") != crlf:
-        raise HttpError(400, "bare LF in head")  # G1: CVE-2019-16785, CVE-2022-32214
-    if buf.count(b"\r") - buf.endswith(b"\r") != crlf:
-        raise HttpError(400, "bare CR in head")  # G2: CVE-2023-30589
     last_lf = buf.rfind(b"\n")
     if last_lf >= skip:  # the request line is complete; the rest are field lines
         if crlf - skip // 2 - 1 > limits.max_fields:

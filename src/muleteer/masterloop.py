@@ -54,6 +54,7 @@ class MasterLoop:
         config = master.config
         self.notifier = Notifier()
         self.ready_sent = False
+        self.housekeeping = True
         self.stats: StatsServer | None = None
         address = config.get(o.STATS)
         if address:
@@ -140,10 +141,20 @@ class MasterLoop:
             ping = self.notifier.tick(now)
             if ping is not None:
                 timeout = min(timeout, max(0.0, ping - now))
-            for key, _ in selector.select(timeout):
+            due_at = now + timeout
+            events = selector.select(timeout)
+            for key, _ in events:
                 self._dispatch(key.data, key.fd, wake_r)
-            master.reap()
             now = time.monotonic()
+            # Routing a signal or a message from the inbox needs nothing more. The rest -
+            # reaping, deadlines, crons, respawns - runs when an OS signal or a command
+            # came in, or when the deadline this wait was computed for has passed.
+            if not (self.housekeeping or not events or now >= due_at):
+                for num in master.hub.triggers.due_timers(now):
+                    master.hub.raise_signal(num, "timer")
+                continue
+            self.housekeeping = False
+            master.reap()
             if master.phase is Phase.RUNNING:
                 # Crons and touch files are checked once per check interval; timers
                 # whenever their deadline passes.
@@ -173,6 +184,7 @@ class MasterLoop:
     def _dispatch(self, tag: str, fd: int, wake_r: socket.socket) -> None:
         master = self.master
         if tag == "signals":
+            self.housekeeping = True
             try:
                 data = wake_r.recv(4096)
             except (BlockingIOError, InterruptedError):
@@ -182,6 +194,7 @@ class MasterLoop:
         elif tag == "inbox":
             master.hub.drain_inbox(master.channels.inbox_recv)
         elif tag == "filemon":
+            self.housekeeping = True
             master.apply(master.hub.read_filemon())
         elif tag == "held":
             master.hub.on_writable(fd)
@@ -190,6 +203,7 @@ class MasterLoop:
         elif tag == "stats-client" and self.stats is not None:
             self.stats.on_event(fd)
         elif tag == "fifo":
+            self.housekeeping = True
             for fifo in self.fifos:
                 if fifo.fileno() == fd:
                     for command in fifo.read():
