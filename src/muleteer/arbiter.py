@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import setproctitle
@@ -90,6 +91,7 @@ class Master:
         self.cwd = os.getcwd()
         self.reloads = int(os.environ.get("UWSGI_RELOADS", "0") or 0)
         self.check_interval = float(config.get(o.CHECK_INTERVAL))
+        self.child_cleanup: list[Callable[[], None]] = []
         self.chain: list[Slot] = []
         self.chain_current: Slot | None = None
         self.chain_old_pid = 0
@@ -278,6 +280,8 @@ class Master:
         """Runs in the forked child; its return value is the exit code."""
         if os.getppid() != self.rt.master_pid:
             return spawn.EXIT_MASTER_GONE  # the master died before PDEATHSIG was armed
+        for cleanup in self.child_cleanup:
+            cleanup()
         rt = self._child_runtime(slot)
         runtime.install(rt)
         logs.set_role(slot.name)
@@ -614,6 +618,10 @@ class Master:
             self._write_pidfile()
         elif command == "l":
             logs.reopen(self.config.get(o.LOGTO))
+            # Every child has its own descriptor of the old file: they reopen on SIGWINCH.
+            for slot in self.slots:
+                if slot.pid:
+                    self._kill(slot.pid, signal.SIGWINCH)
 
     def apply(self, actions: HubActions) -> None:
         for path in actions.reload:

@@ -57,7 +57,7 @@ class MasterFifo:
             os.umask(previous)
         flags = os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         self.fd = os.open(path, os.O_RDONLY | flags)
-        self._keep_open = os.open(path, os.O_WRONLY | flags)
+        self.keep_open = os.open(path, os.O_WRONLY | flags)
         log.info("master fifo %s created (mode 0600)", path)
 
     def fileno(self) -> int:
@@ -84,7 +84,7 @@ class MasterFifo:
 
     def close(self) -> None:
         os.close(self.fd)
-        os.close(self._keep_open)
+        os.close(self.keep_open)
         try:
             os.unlink(self.path)
         except OSError:

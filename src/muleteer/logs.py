@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from types import FrameType
 
 _role = "master"
 
@@ -85,3 +87,12 @@ def reopen(logto: str | None) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+def reopen_handler(logto: str | None) -> Callable[[int, FrameType | None], None]:
+    """An OS signal handler for children: reopen the log file (os.open + dup2 only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        reopen(logto)
+
+    return handler

@@ -11,6 +11,7 @@ deadline (see ``Master.timeout``).
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -19,6 +20,7 @@ import time
 from muleteer import options as o
 from muleteer.arbiter import MASTER_SIGNALS, Master, Phase
 from muleteer.fifo import FifoError, MasterFifo
+from muleteer.sockets import AddressError
 from muleteer.stats import snapshot
 from muleteer.stats_server import READ, StatsAddressError, StatsServer
 from muleteer.systemd import Notifier
@@ -55,6 +57,9 @@ class MasterLoop:
         self.notifier = Notifier()
         self.ready_sent = False
         self.housekeeping = True
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self.stats: StatsServer | None = None
         address = config.get(o.STATS)
         if address:
@@ -66,7 +71,7 @@ class MasterLoop:
                     config.get(o.STATS_ALLOW_PUBLIC),
                     lambda: snapshot(master),
                 )
-            except (StatsAddressError, OSError) as exc:
+            except (StatsAddressError, AddressError, OSError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 log.error("option 'stats': cannot serve on %r: %s", address, reason)
                 raise SystemExit(1) from None
@@ -77,6 +82,28 @@ class MasterLoop:
             except (FifoError, OSError) as exc:
                 log.error("option 'master-fifo': %s", exc)
                 raise SystemExit(1) from None
+
+    def close_in_child(self) -> None:
+        """In a freshly forked child: drop what belongs to the master alone.
+
+        A child that kept a stats client's connection would keep it open after the master
+        finished with it (the client would wait for an end that never comes); one that kept
+        the FIFO, the stats listener or the master's selector would hold them past the
+        master's life.
+        """
+        if self.stats is not None:
+            for client in list(self.stats.clients.values()):
+                client.sock.close()
+            self.stats.listener.sock.close()
+        for fifo in self.fifos:
+            for fd in (fifo.fd, fifo.keep_open):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for item in (self._selector, self._wake_r, self._wake_w):
+            if item is not None:
+                item.close()
 
     def _install_signals(self) -> socket.socket:
         wake_r, wake_w = socket.socketpair()
@@ -91,6 +118,7 @@ class MasterLoop:
         # start-up would otherwise kill it); pending ones are delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         self._wake_w = wake_w  # kept alive for the life of the loop
+        self._wake_r = wake_r
         return wake_r
 
     def _wanted(self, wake_r: socket.socket) -> dict[int, tuple[int, str]]:
@@ -124,6 +152,8 @@ class MasterLoop:
         master = self.master
         wake_r = self._install_signals()
         selector = selectors.DefaultSelector()
+        self._selector = selector
+        master.child_cleanup.append(self.close_in_child)
         fds = FdSet(selector)
         now = time.monotonic()
         for slot in master.slots:

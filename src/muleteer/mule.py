@@ -23,16 +23,17 @@ import signal
 import sys
 from types import FrameType
 
+from muleteer import logs, spawn
 from muleteer import options as o
-from muleteer import spawn
 from muleteer.runtime import MasterDied, Runtime
 from muleteer.scoreboard import I
 
 log = logging.getLogger(__name__)
 
 
-def _install_os_signals() -> None:
-    """uWSGI's mule: SIGHUP/SIGINT/SIGTERM end it at once, other noise is ignored."""
+def _install_os_signals(logto: str | None) -> None:
+    """uWSGI's mule: SIGHUP/SIGINT/SIGTERM end it at once, other noise is ignored;
+    SIGWINCH (from the master FIFO's ``l``) reopens the log file."""
 
     def end(signum: int, frame: FrameType | None) -> None:
         spawn.flush_std()
@@ -42,6 +43,7 @@ def _install_os_signals() -> None:
         signal.signal(signum, end)
     for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGWINCH, logs.reopen_handler(logto))
 
 
 def run_program(program: str) -> int:
@@ -135,7 +137,7 @@ def signal_only_loop(rt: Runtime) -> int:
 
 
 def run_mule(rt: Runtime, program: str | None) -> int:
-    _install_os_signals()
+    _install_os_signals(rt.config.get(o.LOGTO))
     try:
         if program is not None:
             return run_program(program)

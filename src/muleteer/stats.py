@@ -102,7 +102,8 @@ def snapshot(master: Master) -> dict[str, Any]:
         pid = get(index, I.PID)
         rss, vsz = _memory(pid)
         requests = get(index, I.REQUESTS)
-        in_request = int(sb.getf(index, F.REQUEST_START) > 0)
+        status = get(index, I.STATUS)
+        in_request = int(status == Status.BUSY)  # one field, so it agrees with "status"
         workers.append(
             {
                 "id": slot.id,
@@ -114,7 +115,7 @@ def snapshot(master: Master) -> dict[str, Any]:
                 "harakiri_count": get(index, I.HARAKIRI_COUNT),
                 "signals": get(index, I.SIGNALS),
                 "signal_queue": channels.worker_signals[slot.id].pending(),
-                "status": _status(get(index, I.STATUS), get(index, I.SIGNUM)),
+                "status": _status(status, get(index, I.SIGNUM)),
                 "rss": rss,
                 "vsz": vsz,
                 "running_time": get(index, I.RUNNING_TIME),

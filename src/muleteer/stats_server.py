@@ -64,7 +64,7 @@ class StatsServer:
                 f"stats address {address!r} is not loopback: the stats expose process "
                 "details to anyone who connects (add --stats-allow-public if you mean it)"
             )
-        self.listener = sockets.bind(address, "stats", 16, None)
+        self.listener = sockets.bind(address, "stats", 128, None)
         self.http = http
         self.minified = minified
         self.snapshot = snapshot

@@ -75,9 +75,11 @@ def parse_vars(block: bytes | bytearray | memoryview, max_vars: int = 1000) -> d
     end = len(data)
     out: dict[str, str] = {}
     pos = 0
+    count = 0  # vars read, repeated keys included: they cost the same work
     while pos < end:
-        if len(out) >= max_vars:
+        if count >= max_vars:
             raise UwsgiProtocolError(f"more than {max_vars} uwsgi vars")
+        count += 1
         key, pos = _read_string(data, pos, end)
         if not key:
             # uWSGI refuses it too ("uwsgi key cannot be null").

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from muleteer import http, spawn, wsgi
+from muleteer import http, logs, spawn, wsgi
 from muleteer import options as o
 from muleteer.apploader import WSGIApp
 from muleteer.connection import Conn, ProtocolFailure, Request
@@ -138,6 +138,7 @@ class Worker:
         signal.signal(signal.SIGINT, die)
         signal.signal(signal.SIGTERM, die)
         signal.signal(signal.SIGALRM, self._on_harakiri)
+        signal.signal(signal.SIGWINCH, logs.reopen_handler(self.config.get(o.LOGTO)))
 
     def _register_fds(self) -> None:
         for fd in self.listeners:
