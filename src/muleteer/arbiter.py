@@ -20,6 +20,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -136,18 +137,46 @@ class Master:
         if not self.listeners:
             log.info("no socket configured: only mules and signals will run")
 
-    def _drop_privileges(self) -> None:
-        uid, gid = self.config.get(o.UID), self.config.get(o.GID)
-        if os.getuid() == 0 and uid is None:
-            log.warning(
-                "*** WARNING: you are running muleteer as root !!! (use the uid option) ***"
+    def _check_root(self) -> None:
+        """Root without a uid to drop to is refused unless asked for (--allow-root):
+        everything the app does would run as root."""
+        if os.geteuid() != 0 or self.config.get(o.UID) is not None:
+            return
+        if not self.config.get(o.ALLOW_ROOT):
+            raise BootError(
+                "refusing to run as root without a uid: pass --uid USER (and --gid GROUP) to "
+                "drop privileges after binding, or --allow-root to run as root anyway"
             )
-        if gid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
-            log.info("running as uid %d gid %d", os.getuid(), os.getgid())
+        log.warning("*** WARNING: you are running muleteer as root !!! (use the uid option) ***")
+
+    def _drop_privileges(self) -> None:
+        """setgroups, setgid, setuid - in that order, after binding and before the app is
+        imported or any child forked. PR_SET_PDEATHSIG is armed in each child after fork,
+        i.e. after the drop, because the kernel clears it on any uid/gid change."""
+        uid, gid = self.config.get(o.UID), self.config.get(o.GID)
+        if uid is None and gid is None:
+            return
+        if gid is None and uid is not None:
+            gid = pwd.getpwuid(uid).pw_gid  # never keep root's group behind a dropped uid
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+            if gid is not None:
+                os.setgid(gid)
+            if uid is not None:
+                os.setuid(uid)
+        except OSError as exc:
+            raise BootError(
+                f"cannot drop privileges to uid {uid} gid {gid}: {exc.strerror}"
+            ) from None
+        if uid is not None and uid != 0:
+            try:
+                os.setuid(0)
+            except OSError:
+                pass
+            else:
+                raise BootError("privileges were not dropped: setuid(0) still succeeds")
+        log.info("running as uid %d gid %d", os.getuid(), os.getgid())
 
     def _write_pidfile(self) -> None:
         path = self.config.get(o.PIDFILE)
@@ -160,6 +189,7 @@ class Master:
         umask = self.config.get(o.UMASK)
         if umask is not None:
             os.umask(umask)
+        self._check_root()
         apploader.prepare(self.config)
         self._bind()
         self._write_pidfile()

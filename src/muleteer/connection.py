@@ -108,6 +108,7 @@ class Conn:
         "fd",
         "head",
         "limits",
+        "memory_body",
         "peer",
         "protocol",
         "remaining",
@@ -126,8 +127,10 @@ class Conn:
         base: dict[str, Any],
         limits: Limits,
         trust_forwarded: bool,
+        memory_body: int = MEMORY_BODY,
     ) -> None:
         self.sock = sock
+        self.memory_body = memory_body  # bodies above this are spooled to a temporary file
         self.fd = sock.fileno()
         self.peer = peer  # (REMOTE_ADDR, REMOTE_PORT)
         self.protocol = protocol
@@ -194,7 +197,7 @@ class Conn:
                 return self._http_request(None)
             if head.expect_continue:
                 return self._http_request(StreamingInput(self))
-            self.sink = BodySink(self.limits_memory())
+            self.sink = BodySink(self.memory_body)
         sink = self.sink
         assert sink is not None
         if self.chunked is not None:
@@ -213,9 +216,6 @@ class Conn:
             if self.remaining:
                 return None
         return self._http_request(None)
-
-    def limits_memory(self) -> int:
-        return MEMORY_BODY
 
     # -- uwsgi protocol --------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ class Conn:
                 )
             self.uwsgi_vars = variables
             self.remaining = length
-            self.sink = BodySink(self.limits_memory()) if length else None
+            self.sink = BodySink(self.memory_body) if length else None
         sink = self.sink
         if sink is not None:
             take = min(self.remaining, len(self.buf))

@@ -149,46 +149,67 @@ def scan_head(buf: bytes | bytearray, limits: Limits) -> int:
 
     The length runs just past the first CRLF CRLF (leading empty lines included) and is
     never more than ``limits.buffer_size``. Raises HttpError 414 when no line end comes
-    within the request-line limit, 431 when the head cannot fit in buffer_size or an
-    incomplete head already has too many or too long field lines, and 400 as soon as a
-    bare LF or bare CR is seen (otherwise such a head would only end at a timeout).
+    within the request-line limit, 431 when the head cannot fit in buffer_size or has too
+    many or too long field lines, and 400 as soon as a bare LF or bare CR is seen
+    (otherwise such a head would only end at a timeout).
+
+    The status does not depend on how the bytes were split into reads: whatever buf
+    holds, the fault that wins is the one that the shortest prefix of buf shows, so a
+    head read at once, line by line or byte by byte gets the same answer.
     """
-    # The status must not depend on how the bytes were split into reads: an error raised
-    # for a prefix must be the one the whole head gets. So bare CR/LF (found as soon as
-    # they arrive) are checked first, on the same bytes whether or not the head is
-    # complete: the head itself, or at most buffer_size bytes of an incomplete one.
     skip = _skip_empty_lines(buf)
     n = len(buf)
     end = buf.find(b"\r\n\r\n", skip, limits.buffer_size)
+    # Bare CR/LF are looked for in the head, or in at most buffer_size bytes of an
+    # incomplete one; a CR ending an incomplete head may still get its LF.
     stop = end + 4 if end >= 0 else min(n, limits.buffer_size)
     crlf = buf.count(b"\r\n", 0, stop)
-    if buf.count(b"\n", 0, stop) != crlf:
-        raise HttpError(400, "bare LF in head")  # G1: CVE-2019-16785, CVE-2022-32214
-    # A CR ending an incomplete head may still get its LF.
-    if buf.count(b"\r", 0, stop) - (end < 0 and buf[stop - 1 : stop] == b"\r") != crlf:
+    open_cr = end < 0 and buf[stop - 1 : stop] == b"\r"
+    if buf.count(b"\n", 0, stop) != crlf or buf.count(b"\r", 0, stop) - open_cr != crlf:
+        lf = _BARE_LF_RE.search(buf, 0, stop)
+        cr = _BARE_CR_RE.search(buf, 0, stop - open_cr)
+        # A bare LF shows in the prefix that ends with it, a bare CR in the one after it.
+        seen_lf = lf.start() + 1 if lf else stop + 1
+        seen_cr = cr.start() + 2 if cr else stop + 1
+        # Limits that a read ending before the bare CR/LF would already have hit win.
+        _check_prefix(buf, min(seen_lf, seen_cr) - 1, skip, limits)
+        if seen_lf <= seen_cr:
+            raise HttpError(400, "bare LF in head")  # G1: CVE-2019-16785, CVE-2022-32214
         raise HttpError(400, "bare CR in head")  # G2: CVE-2023-30589
+    if end >= 0:
+        _check_prefix(buf, end + 3, skip, limits)  # the longest incomplete prefix
+        return end + 4
+    _check_prefix(buf, n, skip, limits)
+    return -1
+
+
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
+_BARE_CR_RE = re.compile(rb"\r(?!\n)")
+
+
+def _check_prefix(buf: bytes | bytearray, m: int, skip: int, limits: Limits) -> None:
+    """Raise 414 or 431 if a read of any prefix of buf[:m] (an incomplete head with no
+    bare CR or LF) would have: the request line, the head, the field count or one field
+    line is already over its limit (G7)."""
     line_limit = min(limits.max_request_line, limits.buffer_size)
     # The request line plus its CRLF must fit in line_limit + 2 bytes.
     window = skip + line_limit + 2
-    no_line_end = buf.find(b"\n", skip, window) < 0
-    if no_line_end and n >= window:
-        raise HttpError(414, "request line too long")
-    if end >= 0:
-        return end + 4
-    if n >= limits.buffer_size:
-        if no_line_end:
-            # 414 or 431 depends on whether the line ends within the window, at most
-            # skip + 2 bytes further: wait for them rather than guess.
-            return -1
+    line_end = buf.find(b"\n", skip, min(m, window))
+    if line_end < 0:
+        if m >= window:
+            raise HttpError(414, "request line too long")
+        # Past buffer_size, 414 or 431 depends on whether the line ends within the
+        # window, at most skip + 2 bytes further: wait for them rather than guess.
+        return
+    if m >= limits.buffer_size:
         raise HttpError(431, "request head too large")
-    # Incomplete: refuse early what parse_head would refuse anyway.
-    last_lf = buf.rfind(b"\n")
-    if last_lf >= skip:  # the request line is complete; the rest are field lines
-        if crlf - skip // 2 - 1 > limits.max_fields:
-            raise HttpError(431, "too many header fields")
-        if n - last_lf - 1 > limits.max_field_size + 1:  # +1: its CR may already be here
+    if buf.count(b"\r\n", 0, m) - skip // 2 - 1 > limits.max_fields:
+        raise HttpError(431, "too many header fields")
+    # One field line with its CR (or a partial last one) over max_field_size + 1 bytes.
+    if m - line_end - 1 > limits.max_field_size + 1:
+        longest = max(map(len, bytes(buf[line_end + 1 : m]).split(b"\n")))
+        if longest > limits.max_field_size + 1:
             raise HttpError(431, "header field too long")
-    return -1
 
 
 def parse_head(head: bytes, limits: Limits) -> RequestHead:

@@ -463,7 +463,10 @@ GID = value(
     metavar="GROUP",
 )
 ALLOW_ROOT = flag(
-    "allow-root", "allow running as root without `uid`", category="security", muleteer_only=True
+    "allow-root",
+    "run as root without `uid` (refused otherwise; uWSGI only warns)",
+    category="security",
+    muleteer_only=True,
 )
 PROCNAME_PREFIX = value(
     "procname-prefix",

@@ -29,7 +29,7 @@ from typing import Any
 from muleteer import http, logs, spawn, wsgi
 from muleteer import options as o
 from muleteer.apploader import WSGIApp
-from muleteer.connection import Conn, ProtocolFailure, Request
+from muleteer.connection import MEMORY_BODY, Conn, ProtocolFailure, Request
 from muleteer.poller import READ, Poller
 from muleteer.runtime import MasterDied, Runtime
 from muleteer.scoreboard import F, I, Status
@@ -86,6 +86,7 @@ class Worker:
         self.limits = http.Limits(
             buffer_size=cfg.get(o.BUFFER_SIZE), limit_post=cfg.get(o.LIMIT_POST)
         )
+        self.memory_body = cfg.get(o.POST_BUFFERING) or MEMORY_BODY
         self.header_timeout = float(cfg.get(o.HEADER_TIMEOUT))
         self.socket_timeout = float(cfg.get(o.SOCKET_TIMEOUT))
         self.harakiri = cfg.get(o.HARAKIRI)
@@ -221,6 +222,7 @@ class Worker:
             self.bases[listener.sock.fileno()],
             self.limits,
             self.forwarded_allowed(peer[0]) if listener.is_tcp else True,
+            self.memory_body,
         )
         conn.deadline = time.monotonic() + self.header_timeout
         self.conns[conn.fd] = conn
