@@ -10,6 +10,7 @@ file), so a slow client costs a buffer, never the worker. The one exception is
 
 from __future__ import annotations
 
+import _socket
 import io
 import select
 import socket
@@ -109,19 +110,23 @@ class Conn:
         "head",
         "limits",
         "memory_body",
+        "nodelay",
         "peer",
         "protocol",
         "remaining",
+        "sends",
         "served",
         "sink",
         "sock",
+        "tcp",
         "trust_forwarded",
         "uwsgi_vars",
+        "write_timeout",
     )
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         peer: tuple[str, str],
         protocol: str,
         base: dict[str, Any],
@@ -131,6 +136,10 @@ class Conn:
     ) -> None:
         self.sock = sock
         self.memory_body = memory_body  # bodies above this are spooled to a temporary file
+        self.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self.nodelay = False
+        self.sends = 0
+        self.write_timeout = 4.0
         self.fd = sock.fileno()
         self.peer = peer  # (REMOTE_ADDR, REMOTE_PORT)
         self.protocol = protocol
@@ -288,6 +297,37 @@ class Conn:
             return self._next_uwsgi()
         except HttpError as exc:
             raise http_failure(exc) from None
+
+    def send_all(self, data: bytes) -> None:
+        """Write all of `data`, waiting (up to the socket timeout) when the peer is slow."""
+        if self.sends and not self.nodelay and self.tcp:
+            # A second write on this connection: from now on Nagle's algorithm could hold
+            # small segments back until the peer's (delayed) ACK. The first write of a
+            # connection is never delayed, so connection-per-request traffic skips this
+            # system call entirely.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.nodelay = True
+        self.sends += 1
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            try:
+                sent = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                poller = select.poll()
+                poller.register(self.fd, select.POLLOUT)
+                if not poller.poll(int(self.write_timeout * 1000)):
+                    raise TimeoutError(
+                        f"client did not read for {self.write_timeout:g} s"
+                    ) from None
+                continue
+            view = view[sent:]
 
     def mid_request(self) -> bool:
         """True when bytes of an unfinished request are buffered or expected."""

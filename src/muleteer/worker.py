@@ -14,6 +14,7 @@ request outlived ``--harakiri``: answer 504 if nothing was sent yet, then exit).
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import logging
 import os
@@ -55,12 +56,24 @@ def _allow_list(text: str) -> Callable[[str], bool]:
         except ValueError:
             log.warning("ignoring %r in an allow-list: not an IP address or network", item)
 
-    def allowed(addr: str) -> bool:
+    verdicts: dict[str, bool] = {}
+
+    def check(addr: str) -> bool:
         try:
             ip = ipaddress.ip_address(addr)
         except ValueError:
             return addr == "" or addr.startswith("/")  # unix sockets: always local
         return any(ip in net for net in networks)
+
+    def allowed(addr: str) -> bool:
+        # Asked for every new connection, from a handful of peers: remember the answers
+        # (parsing an address costs more than the rest of accepting the connection).
+        verdict = verdicts.get(addr)
+        if verdict is None:
+            verdict = check(addr)
+            if len(verdicts) < 4096:
+                verdicts[addr] = verdict
+        return verdict
 
     return allowed
 
@@ -198,19 +211,19 @@ class Worker:
     def _accept(self, listener: Listener) -> None:
         if self.stopping:
             return
+        lsock = listener.sock
         try:
-            sock, address = listener.sock.accept()
+            # _accept() gives the bare descriptor: wrapping it in the C socket type skips
+            # socket.socket's Python-level set-up (and a getsockname) on every connection.
+            fd, address = lsock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return  # another worker was faster
         except OSError as exc:
             log.error("accept() on %s failed: %s", listener.name, exc)
             return
+        sock = _socket.socket(lsock.family, lsock.type, lsock.proto, fd)
         sock.setblocking(False)
-        if listener.is_tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = (str(address[0]), str(address[1]))
-        else:
-            peer = ("", "")
+        peer = (str(address[0]), str(address[1])) if listener.is_tcp else ("", "")
         if listener.protocol == "uwsgi" and listener.is_tcp and not self.uwsgi_allowed(peer[0]):
             log.warning("uwsgi connection from %s refused (not in uwsgi-allow-ips)", peer[0])
             sock.close()
@@ -225,6 +238,7 @@ class Worker:
             self.memory_body,
         )
         conn.deadline = time.monotonic() + self.header_timeout
+        conn.write_timeout = self.socket_timeout
         self.conns[conn.fd] = conn
         self._read(conn)  # the request is usually there already: skip one poll round
 
@@ -362,26 +376,10 @@ class Worker:
 
     # -- running a request -----------------------------------------------------------------
 
-    def _send_all(self, conn: Conn) -> Callable[[bytes], None]:
-        sock = conn.sock
-        timeout = self.socket_timeout
-
-        def send_all(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                try:
-                    sent = sock.send(view)
-                except (BlockingIOError, InterruptedError):
-                    spawn.wait_writable(sock, timeout)
-                    continue
-                view = view[sent:]
-
-        return send_all
-
     def _handle(self, conn: Conn, request: Request) -> bool:
         """Run the app for one request; True when the connection may serve another."""
         ints, base = self.ints, self.base
-        send_all = self._send_all(conn)
+        send_all = conn.send_all
         keep = request.keep_alive and not self.stopping
         exchange = wsgi.Exchange(
             send_all, request.version, keep, request.head_only, request.protocol
@@ -422,7 +420,7 @@ class Worker:
                 if type(result) is list and len(result) == 1 and type(result[0]) is bytes:
                     exchange.send_single(result[0])
                 elif isinstance(result, wsgi.FileWrapper) and exchange.try_sendfile(
-                    result, conn.sock, self.socket_timeout
+                    result, conn.fd, self.socket_timeout
                 ):
                     pass
                 else:

@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import re
-import socket
+import select
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -300,7 +300,7 @@ class Exchange:
         if not self.no_body and length is not None and self.sent_body < length:
             self.close_after = True  # short body: the client must not reuse the connection
 
-    def try_sendfile(self, wrapper: FileWrapper, sock: socket.socket, timeout: float) -> bool:
+    def try_sendfile(self, wrapper: FileWrapper, out_fd: int, timeout: float) -> bool:
         """Send a file_wrapper body with sendfile(2) when it is a real file of known size."""
         filelike = wrapper.filelike
         try:
@@ -319,14 +319,21 @@ class Exchange:
         count = size if self.content_length is None else min(size, self.content_length)
         self.send_all(head)
         self.tx += len(head)
-        if count > 0:
-            sock.settimeout(timeout)
+        sent = 0
+        while sent < count:
             try:
-                sent = sock.sendfile(filelike, offset, count)
-            finally:
-                sock.setblocking(False)
-            self.sent_body += sent
-            self.tx += sent
+                chunk = os.sendfile(out_fd, fd, offset + sent, count - sent)
+            except (BlockingIOError, InterruptedError):
+                poller = select.poll()
+                poller.register(out_fd, select.POLLOUT)
+                if not poller.poll(int(timeout * 1000)):
+                    raise TimeoutError(f"client did not read for {timeout:g} s") from None
+                continue
+            if chunk == 0:
+                break  # the file shrank: the short body closes the connection (finish)
+            sent += chunk
+        self.sent_body += sent
+        self.tx += sent
         return True
 
 
