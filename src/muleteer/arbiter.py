@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import pwd
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -219,7 +218,9 @@ class Master:
             listener_fds=[ls.sock.fileno() for ls in self.listeners],
         )
         runtime.install(self.rt)
-        module = uwsgi_module.build(self.config.opt, self.workers, self.reloads > 0)
+        module = uwsgi_module.build(
+            self.config.opt, self.workers, self.reloads > 0, self.config.get(o.THREADS)
+        )
         module.sockets = list(self.rt.listener_fds)
         module.buffer_size = self.config.get(o.BUFFER_SIZE)
         self.rt.module = module
@@ -431,15 +432,38 @@ class Master:
             self._exited(pid, status, now)
 
     def run_command(self, cron: Any) -> None:
+        # posix_spawn, not subprocess: a discarded Popen object would reap the child
+        # behind the master's waitpid(-1) loop. The command gets its own session so a
+        # harakiri can kill everything it started.
         try:
-            proc = subprocess.Popen(cron.command, shell=True, start_new_session=True)
+            pid = os.posix_spawn(
+                "/bin/sh", ["/bin/sh", "-c", cron.command], os.environ, setsid=True
+            )
         except OSError as exc:
             log.error('[uwsgi-cron] cannot run "%s": %s', cron.command, exc)
             return
-        cron.pid = proc.pid
+        cron.pid = pid
         cron.started_at = time.time()
-        self.commands[proc.pid] = cron
-        log.info('[uwsgi-cron] running "%s" (pid %d)', cron.command, proc.pid)
+        self.commands[pid] = cron
+        log.info('[uwsgi-cron] running "%s" (pid %d)', cron.command, pid)
+
+    def check_cron_harakiri(self) -> None:
+        default = self.config.get(o.CRON_HARAKIRI)
+        now = time.time()
+        for pid, cron in self.commands.items():
+            limit = cron.harakiri if cron.harakiri != 0 else default
+            if limit > 0 and cron.started_at and now - cron.started_at > limit:
+                log.error(
+                    '[uwsgi-cron] command "%s" (pid %d) killed by harakiri after %d s',
+                    cron.command,
+                    pid,
+                    limit,
+                )
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                cron.started_at = None  # killed once; the reaper clears the rest
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -501,6 +525,8 @@ class Master:
     # -- periodic checks ---------------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
+        if self.commands:
+            self.check_cron_harakiri()
         sb = self.scoreboard
         for slot in self.slots:
             if not slot.pid:

@@ -60,7 +60,9 @@ class MuleteerCollector(Collector):
             "muleteer_worker_busy", "1 while the worker runs a request", labels=["worker"]
         )
         for w in workers:
-            busy.add_metric([str(w["id"])], 0 if w["status"] in ("idle", "pause") else 1)
+            busy.add_metric(
+                [str(w["id"])], 1 if w["status"] == "busy" or w["status"].startswith("sig") else 0
+            )
         yield busy
 
     @staticmethod

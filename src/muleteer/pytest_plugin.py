@@ -221,8 +221,10 @@ ServerFactory = Callable[..., ServerProcess]
 def muleteer_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """Factory: ``muleteer_server(*options, app=None, protocol="http", env=None, ready=True)``.
 
-    `app` (a path) becomes ``--wsgi-file``; a listener on a free port is added unless the
-    options already name one (``--http-socket``/``--socket``).
+    `app` (a path) becomes ``--wsgi-file``; with ``listen=True`` (the default) a listener
+    on a free loopback port is added (``--http-socket``, or ``--socket`` with
+    ``protocol="uwsgi"``); pass ``listen=False`` (and ``port=`` if you bind one yourself)
+    to configure the sockets in the options.
     """
     started: list[ServerProcess] = []
 

@@ -267,9 +267,13 @@ class Harness:
         return [self.processes[channel]]
 
     def _next_member(self, channel: str) -> _Process:
-        members = self._members(channel)
-        position = self._rotor.get(channel, -1) + 1
-        self._rotor[channel] = position % len(members)
+        return self._rotate(channel, self._members(channel))
+
+    def _rotate(self, key: str, members: list[_Process]) -> _Process:
+        """Take turns among `members` (the kernel hands a shared channel's bytes to
+        whichever reader is first; here they simply alternate)."""
+        position = self._rotor.get(key, -1) + 1
+        self._rotor[key] = position % len(members)
         return members[position % len(members)]
 
     def dispatch(self) -> int:
@@ -342,7 +346,7 @@ class Harness:
                     message = queue.recv.recv(65536)
                 except (BlockingIOError, InterruptedError):
                     break
-                proc = members[count % len(members)]
+                proc = self._rotate(queue.name, members)
                 sb = self.scoreboard
                 sb.ints[sb.received_base + proc.slot * sb.nqueues + queue.index] += 1
                 with self.process(proc):

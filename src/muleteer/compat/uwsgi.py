@@ -137,7 +137,7 @@ class UwsgiModule(types.ModuleType):
         raise AttributeError(f"uwsgi.{name} {detail} ({NOT_IMPLEMENTED_DOC})")
 
 
-def build(opt: dict[str, Any], workers: int, is_reload: bool) -> UwsgiModule:
+def build(opt: dict[str, Any], workers: int, is_reload: bool, cores: int = 1) -> UwsgiModule:
     module = UwsgiModule("uwsgi", "muleteer's uwsgi API (uWSGI 2.0 compatible)")
     ns: dict[str, Any] = {}
 
@@ -417,7 +417,7 @@ def build(opt: dict[str, Any], workers: int, is_reload: bool) -> UwsgiModule:
     module.buffer_size = 0
     module.started_on = int(time.time())
     module.has_threads = 1
-    module.cores = 1
+    module.cores = cores
     module.version = ("2.0.31-muleteer-" + __version__).encode()
     module.version_info = (2, 0, 31, 0, b"muleteer")
     module.hostname = socket.gethostname().encode()
