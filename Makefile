@@ -41,5 +41,20 @@ docs: $(DOCS_STAMP)
 docs-options: venv
 	$(BIN)/python scripts/gen_options_doc.py > docs/options.md
 
+# `make bench`: uWSGI, gunicorn and muleteer side by side in one run (~20 min; nothing
+# else should run on the machine meanwhile). uWSGI and gunicorn live in their own venv.
+BENCH_VENV ?= .bench-venv
+BENCH_RESULTS ?= bench/results
+bench: venv
+	test -x $(BENCH_VENV)/bin/uwsgi || ($(PYTHON) -m venv $(BENCH_VENV) && \
+		$(BENCH_VENV)/bin/python -m pip install -q uwsgi gunicorn uwsgidecorators matplotlib)
+	bash bench/ensure_tools.sh
+	cd bench && BENCH_VENV=$(abspath $(BENCH_VENV)) BENCH_RESULTS=$(abspath $(BENCH_RESULTS)) \
+		MULETEER_CMD="$(abspath $(BIN))/python -m muleteer" \
+		HTTP_SERVERS=uwsgi,uwsgi-http11,gunicorn-sync,nginx-uwsgi,muleteer,nginx-muleteer \
+		MULE_SERVERS=uwsgi,muleteer MEM_SERVERS=uwsgi,gunicorn-sync,muleteer \
+		bash run_all.sh $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/report.py $(BENCH_RESULTS)/latest
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .bench-venv build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
