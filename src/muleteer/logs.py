@@ -96,3 +96,16 @@ def reopen_handler(logto: str | None) -> Callable[[int, FrameType | None], None]
         reopen(logto)
 
     return handler
+
+
+def reopen_if_moved(logto: str | None) -> None:
+    """Reopen when fd 2 is no longer the file at `logto` (rotated before this child had
+    its SIGWINCH handler: the signal would have been ignored)."""
+    if not logto:
+        return
+    try:
+        if os.fstat(2).st_ino == os.stat(logto).st_ino:
+            return
+    except OSError:
+        pass
+    reopen(logto)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import signal
 import socket
 import time
@@ -20,6 +19,9 @@ import time
 from muleteer import options as o
 from muleteer.arbiter import MASTER_SIGNALS, Master, Phase
 from muleteer.fifo import FifoError, MasterFifo
+from muleteer.poller import READ as POLL_READ
+from muleteer.poller import WRITE as POLL_WRITE
+from muleteer.poller import Poller
 from muleteer.sockets import AddressError
 from muleteer.stats import snapshot
 from muleteer.stats_server import READ, StatsAddressError, StatsServer
@@ -27,27 +29,35 @@ from muleteer.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
-_EVENTS = {READ: selectors.EVENT_READ, 2: selectors.EVENT_WRITE}
+_EVENTS = {READ: POLL_READ, 2: POLL_WRITE}
 
 
 class FdSet:
-    """Keeps the selector's registrations equal to what the components want now."""
+    """Keeps the poller's registrations equal to what the components want now."""
 
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.selector = selector
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
         self.current: dict[int, tuple[int, str]] = {}
 
     def sync(self, wanted: dict[int, tuple[int, str]]) -> None:
         for fd in [fd for fd in self.current if fd not in wanted]:
-            self.selector.unregister(fd)
+            self.poller.unregister(fd)
             del self.current[fd]
         for fd, interest in wanted.items():
             before = self.current.get(fd)
             if before is None:
-                self.selector.register(fd, interest[0], interest[1])
-            elif before != interest:
-                self.selector.modify(fd, interest[0], interest[1])
+                self.poller.register(fd, interest[0])
+            elif before[0] != interest[0]:
+                self.poller.modify(fd, interest[0])
             self.current[fd] = interest
+
+    def forget(self, fd: int) -> None:
+        """`fd` was closed (so the kernel already unregistered it): drop our record."""
+        self.current.pop(fd, None)
+
+    def tag(self, fd: int) -> str:
+        interest = self.current.get(fd)
+        return "" if interest is None else interest[1]
 
 
 class MasterLoop:
@@ -57,7 +67,7 @@ class MasterLoop:
         self.notifier = Notifier()
         self.ready_sent = False
         self.housekeeping = True
-        self._selector: selectors.BaseSelector | None = None
+        self._selector: Poller | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self.stats: StatsServer | None = None
@@ -124,20 +134,20 @@ class MasterLoop:
     def _wanted(self, wake_r: socket.socket) -> dict[int, tuple[int, str]]:
         master = self.master
         wanted = {
-            wake_r.fileno(): (selectors.EVENT_READ, "signals"),
-            master.channels.inbox_recv.fileno(): (selectors.EVENT_READ, "inbox"),
+            wake_r.fileno(): (POLL_READ, "signals"),
+            master.channels.inbox_recv.fileno(): (POLL_READ, "inbox"),
         }
         filemon = master.hub.filemon_fd()
         if filemon is not None:
-            wanted[filemon] = (selectors.EVENT_READ, "filemon")
+            wanted[filemon] = (POLL_READ, "filemon")
         for fd in master.hub.write_wanted():
-            wanted[fd] = (selectors.EVENT_WRITE, "held")
+            wanted[fd] = (POLL_WRITE, "held")
         if self.stats is not None:
-            wanted[self.stats.fileno()] = (selectors.EVENT_READ, "stats")
+            wanted[self.stats.fileno()] = (POLL_READ, "stats")
             for fd, events in self.stats.interest().items():
                 wanted[fd] = (_EVENTS[events], "stats-client")
         for fifo in self.fifos:
-            wanted[fifo.fileno()] = (selectors.EVENT_READ, "fifo")
+            wanted[fifo.fileno()] = (POLL_READ, "fifo")
         return wanted
 
     def _notify(self) -> None:
@@ -151,7 +161,7 @@ class MasterLoop:
     def run(self) -> None:
         master = self.master
         wake_r = self._install_signals()
-        selector = selectors.DefaultSelector()
+        selector = Poller()
         self._selector = selector
         master.child_cleanup.append(self.close_in_child)
         fds = FdSet(selector)
@@ -160,8 +170,21 @@ class MasterLoop:
             master.spawn(slot, now)
         next_tick = 0.0
         phase = master.phase
+        signature: tuple[object, ...] = ()
         while True:
-            fds.sync(self._wanted(wake_r))
+            # Registrations change only when a channel starts or stops holding signals,
+            # a stats client comes or goes, or a file monitor appears: skip the rest.
+            current = (
+                master.hub.delivery.transitions,
+                self.stats.changes if self.stats is not None else 0,
+                master.hub.filemon_fd(),
+            )
+            if current != signature:
+                if self.stats is not None:
+                    for fd in self.stats.take_closed():
+                        fds.forget(fd)
+                fds.sync(self._wanted(wake_r))
+                signature = current
             now = time.monotonic()
             timeout = master.timeout(now)
             if self.stats is not None:
@@ -172,9 +195,9 @@ class MasterLoop:
             if ping is not None:
                 timeout = min(timeout, max(0.0, ping - now))
             due_at = now + timeout
-            events = selector.select(timeout)
-            for key, _ in events:
-                self._dispatch(key.data, key.fd, wake_r)
+            events = selector.wait(timeout)
+            for fd, _ in events:
+                self._dispatch(fds.tag(fd), fd, wake_r)
             now = time.monotonic()
             # Routing a signal or a message from the inbox needs nothing more. The rest -
             # reaping, deadlines, crons, respawns - runs when an OS signal or a command

@@ -44,6 +44,7 @@ def _install_os_signals(logto: str | None) -> None:
     for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGWINCH, logs.reopen_handler(logto))
+    logs.reopen_if_moved(logto)
 
 
 def run_program(program: str) -> int:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MASTER = "master"
 DEFAULT_MAX_HELD = 10_000
+_BYTE = [bytes((i,)) for i in range(256)]  # one preallocated 1-byte message per signal
 
 
 class Kind(enum.Enum):
@@ -130,6 +131,7 @@ class SignalTable:
         self.entries: dict[int, SignalEntry] = {}
         self.unregistered_raised: dict[int, int] = {}
         self._rotors: dict[int, _Rotor] = {}
+        self._static: dict[int, list[str]] = {}  # routes that never change between raises
 
     def register(self, num: int, target_text: str, registrant: str) -> SignalEntry:
         """Record a registration. A process registering again (respawn, lazy-apps) only
@@ -141,6 +143,7 @@ class SignalTable:
             entry = SignalEntry(num, target, previous if entry is None else set())
             self.entries[num] = entry
         entry.registrants.add(registrant)
+        self._static.pop(num, None)
         problem = target_problem(target, self.workers, self.mules, self.farms)
         if problem:
             log.warning("signal %d registered by %s: %s", num, registrant, problem)
@@ -165,6 +168,22 @@ class SignalTable:
             self.unregistered_raised[num] = self.unregistered_raised.get(num, 0) + 1
             return ["any worker"] if self.workers else []
         entry.raised += 1
+        static = self._static.get(num)
+        if static is not None:
+            return static
+        names = self._route(entry, active_workers)
+        kind = entry.target.kind
+        rotating = (
+            kind in (Kind.ANY_WORKER, Kind.ANY_MULE)
+            and len(names) == 1
+            and (not names[0].startswith("any "))
+        )
+        if kind is not Kind.ACTIVE_WORKERS and not rotating:
+            self._static[num] = names
+        return names
+
+    def _route(self, entry: SignalEntry, active_workers: Callable[[], Iterable[int]]) -> list[str]:
+        num = entry.num
         target = entry.target
         kind = target.kind
         if target_problem(target, self.workers, self.mules, self.farms):
@@ -211,6 +230,8 @@ class Delivery:
         self.delivered_by_num: dict[int, int] = {}
         self.dropped_by_num: dict[int, int] = {}
         self._on_drop = on_drop
+        self.pending: set[str] = set()  # channels holding bytes
+        self.transitions = 0  # bumped whenever `pending` changes (the loop re-registers)
 
     def held_count(self, name: str) -> int:
         return len(self.held[name])
@@ -224,6 +245,24 @@ class Delivery:
 
     def send(self, name: str, num: int) -> None:
         queue = self.held[name]
+        if not queue:
+            # The usual case: nothing held, one send() and done.
+            try:
+                sent = self.sockets[name].send(_BYTE[num])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                    raise
+                sent = 0
+            if sent:
+                self.delivered[name] += 1
+                self.delivered_by_num[num] = self.delivered_by_num.get(num, 0) + 1
+                return
+            queue.append(num)
+            self.pending.add(name)
+            self.transitions += 1
+            return
         if len(queue) >= self.max_held:
             self.dropped[name] += 1
             self.dropped_by_num[num] = self.dropped_by_num.get(num, 0) + 1
@@ -231,8 +270,6 @@ class Delivery:
                 self._on_drop(name, num)
             return
         queue.append(num)
-        if len(queue) == 1:
-            self.flush(name)
 
     def drop(self, name: str, num: int) -> None:
         """Count a signal that had no destination at all."""
@@ -260,7 +297,10 @@ class Delivery:
                 num = queue.popleft()
                 self.delivered_by_num[num] = self.delivered_by_num.get(num, 0) + 1
             self.delivered[name] += sent
+        if name in self.pending:
+            self.pending.discard(name)
+            self.transitions += 1
         return True
 
     def pending_names(self) -> list[str]:
-        return [name for name, queue in self.held.items() if queue]
+        return sorted(self.pending)

@@ -71,6 +71,8 @@ class StatsServer:
         self.clients: dict[int, _Client] = {}
         self.served = 0
         self.dropped = 0
+        self.changes = 0  # bumped whenever interest() would answer differently
+        self.closed: set[int] = set()  # fds closed since the loop last asked (take_closed)
         log.info("stats server enabled on %s%s", self.listener.name, " (http)" if http else "")
 
     def fileno(self) -> int:
@@ -95,6 +97,7 @@ class StatsServer:
             sock.setblocking(False)
             client = _Client(sock, now + DEADLINE)
             self.clients[sock.fileno()] = client
+            self.changes += 1
             if not self.http:
                 client.out = memoryview(self._document())
                 self._write(client)
@@ -113,6 +116,7 @@ class StatsServer:
             f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         client.out = memoryview(head.encode() + body)
+        self.changes += 1
         self._write(client)
 
     def _write(self, client: _Client) -> None:
@@ -129,11 +133,15 @@ class StatsServer:
         self._close(client)
 
     def _close(self, client: _Client) -> None:
+        self.changes += 1
+        self.closed.add(client.sock.fileno())
         self.clients.pop(client.sock.fileno(), None)
         client.sock.close()
         self.served += 1
 
     def _drop(self, client: _Client, why: str) -> None:
+        self.changes += 1
+        self.closed.add(client.sock.fileno())
         self.clients.pop(client.sock.fileno(), None)
         client.sock.close()
         self.dropped += 1
@@ -161,6 +169,12 @@ class StatsServer:
             self._reply_http(client)
         elif len(client.request) > MAX_REQUEST:
             self._drop(client, "request too large")
+
+    def take_closed(self) -> set[int]:
+        """Descriptors closed since the last call: the kernel already dropped them from
+        the master's epoll, and their numbers may be reused by the next client."""
+        closed, self.closed = self.closed, set()
+        return closed
 
     def interest(self) -> dict[int, int]:
         """fd -> READ or WRITE for every client, for the master's selector."""

@@ -153,6 +153,7 @@ class Worker:
         signal.signal(signal.SIGTERM, die)
         signal.signal(signal.SIGALRM, self._on_harakiri)
         signal.signal(signal.SIGWINCH, logs.reopen_handler(self.config.get(o.LOGTO)))
+        logs.reopen_if_moved(self.config.get(o.LOGTO))
 
     def _register_fds(self) -> None:
         for fd in self.listeners:
