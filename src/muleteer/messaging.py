@@ -14,7 +14,10 @@ import errno
 import logging
 import select
 import socket
+import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from muleteer import options as o
 from muleteer.ipc import MessageQueue
@@ -81,6 +84,45 @@ def _refused(rt: Runtime, queue: MessageQueue, size: int) -> bool:
     return False
 
 
+@dataclass
+class _Fast:
+    """Per-process lookup tables for the hot paths (``mule_msg``/``mule_get_msg`` run
+    hundreds of thousands of times a second)."""
+
+    limit: int
+    targets: dict[object, MessageQueue]  # None, 0, 1..M and farm names (str and bytes)
+    own: MessageQueue | None
+    sent_row: int
+    received_row: int
+    ints: Any
+    local: threading.local = field(default_factory=threading.local)
+
+
+def _fast(rt: Runtime) -> _Fast:
+    cache: _Fast | None = rt.msg_cache
+    if cache is not None:
+        return cache
+    channels = rt.channels
+    targets: dict[object, MessageQueue] = {}
+    if len(channels.mule_queues) > 1:
+        targets[None] = targets[0] = channels.shared_queue
+        for ident in range(1, len(channels.mule_queues)):
+            targets[ident] = channels.mule_queues[ident]
+        for name, queue in channels.farm_queues.items():
+            targets[name] = targets[name.encode()] = queue
+    sb = rt.scoreboard
+    cache = _Fast(
+        limit=rt.config.get(o.MULE_MSG_RECV_SIZE),
+        targets=targets,
+        own=channels.mule_queues[rt.id] if rt.role == "mule" else None,
+        sent_row=sb.sent_base + rt.slot * sb.nqueues,
+        received_row=sb.received_base + rt.slot * sb.nqueues,
+        ints=sb.ints,
+    )
+    rt.msg_cache = cache
+    return cache
+
+
 def mule_msg(
     rt: Runtime,
     message: object,
@@ -88,12 +130,15 @@ def mule_msg(
     block: bool = False,
     timeout: float | None = None,
 ) -> bool:
-    data = _encode(message)
-    queue = resolve_target(rt, target)
-    limit = rt.config.get(o.MULE_MSG_RECV_SIZE)
-    if len(data) > limit:
+    fast = rt.msg_cache or _fast(rt)
+    data = message if type(message) is bytes else _encode(message)
+    try:
+        queue = fast.targets[target]
+    except (KeyError, TypeError):
+        queue = resolve_target(rt, target)  # raises the precise ValueError
+    if len(data) > fast.limit:
         raise ValueError(
-            f"mule message of {len(data)} bytes is larger than the {limit}-byte limit "
+            f"mule message of {len(data)} bytes is larger than the {fast.limit}-byte limit "
             "(--mule-msg-recv-size)"
         )
     sock = queue.send
@@ -101,8 +146,7 @@ def mule_msg(
     while True:
         try:
             sock.send(data)
-            sb = rt.scoreboard
-            sb.ints[sb.sent_base + rt.slot * sb.nqueues + queue.index] += 1
+            fast.ints[fast.sent_row + queue.index] += 1
             return True
         except (BlockingIOError, InterruptedError):
             pass
@@ -152,6 +196,37 @@ def _take(rt: Runtime, queue: MessageQueue, buffer_size: int, limit: int) -> byt
     return data
 
 
+def _waiter(
+    rt: Runtime, fast: _Fast, signals: bool, farms: bool
+) -> tuple[Any, list[tuple[int, MessageQueue | socket.socket]]]:
+    """The poll object and the sources (in uWSGI's priority order: own queue, shared
+    queue, signals, then the farms) for one mule_get_msg variant, made once per thread:
+    a poll object may not be shared by threads polling at the same time."""
+    key = (signals, farms)
+    cache: dict[tuple[bool, bool], Any] = fast.local.__dict__.setdefault("waiters", {})
+    found = cache.get(key)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    channels = rt.channels
+    own = channels.mule_queues[rt.id]
+    order: list[tuple[int, MessageQueue | socket.socket]] = [
+        (own.recv.fileno(), own),
+        (channels.shared_queue.recv.fileno(), channels.shared_queue),
+    ]
+    if not signals:  # uWSGI's inverted flag: only signals=False waits on them
+        order += [(sock.fileno(), sock) for sock in rt.signal_sockets()]
+    if farms:
+        for name in channels.farms_of(rt.id):
+            queue = channels.farm_queues[name]
+            order.append((queue.recv.fileno(), queue))
+    poller = select.poll()
+    for fd, _ in order:
+        poller.register(fd, select.POLLIN)
+    poller.register(channels.death_r, select.POLLIN)
+    cache[key] = (poller, order)
+    return poller, order
+
+
 def mule_get_msg(
     rt: Runtime,
     signals: object = True,
@@ -165,27 +240,26 @@ def mule_get_msg(
     also wait on the signal channels, run a handler in this thread and return None.
     """
     _require_mule(rt, "mule")
-    buffer_size = int(buffer_size)
-    limit = rt.config.get(o.MULE_MSG_RECV_SIZE)
-    channels = rt.channels
-    own = channels.mule_queues[rt.id]
+    fast = rt.msg_cache or _fast(rt)
+    own = fast.own
+    assert own is not None
+    limit = fast.limit
     # Fast path: a message already waiting on the own queue costs one recv().
-    data = _take(rt, own, buffer_size, limit)
-    if data is not None:
+    try:
+        data = own.recv.recv(limit if buffer_size <= limit else buffer_size)
+    except (BlockingIOError, InterruptedError):
+        pass
+    else:
+        fast.ints[fast.received_row + own.index] += 1
+        if len(data) > buffer_size:
+            log.warning(
+                "mule message of %d bytes truncated to buffer_size=%d", len(data), buffer_size
+            )
+            data = data[:buffer_size]
         return data
-    queues = [own, channels.shared_queue]
-    if farms:
-        queues += [channels.farm_queues[name] for name in channels.farms_of(rt.id)]
-    signal_socks = {} if signals else {s.fileno(): s for s in rt.signal_sockets()}
-    # uWSGI's priority: own queue, shared queue, signals, then the farms.
-    order: list[MessageQueue | socket.socket] = [queues[0], queues[1]]
-    order += list(signal_socks.values())
-    order += queues[2:]
-    poller = select.poll()
-    for item in order:
-        fd = item.recv.fileno() if isinstance(item, MessageQueue) else item.fileno()
-        poller.register(fd, select.POLLIN)
-    poller.register(channels.death_r, select.POLLIN)
+    buffer_size = int(buffer_size)
+    channels = rt.channels
+    poller, order = _waiter(rt, fast, bool(signals), bool(farms))
     deadline = None if timeout is None or timeout < 0 else time.monotonic() + float(timeout)
     while True:
         left = None if deadline is None else deadline - time.monotonic()
@@ -196,18 +270,18 @@ def mule_get_msg(
             continue
         if channels.death_r in ready:
             rt.check_master()
-        for item in order:
+        for fd, item in order:
+            if fd not in ready:
+                continue
             if isinstance(item, MessageQueue):
-                if item.recv.fileno() in ready:
-                    data = _take(rt, item, buffer_size, limit)
-                    if data is not None:
-                        return data
+                data = _take(rt, item, buffer_size, fast.limit)
+                if data is not None:
+                    return data
                 continue  # another thread or mule took it first: poll again
-            if item.fileno() in ready:
-                num = rt.read_signal(item)
-                if num is not None:
-                    rt.run_handler(num)
-                    return None
+            num = rt.read_signal(item)
+            if num is not None:
+                rt.run_handler(num)
+                return None
         if deadline is not None and time.monotonic() >= deadline:
             return b""
 

@@ -117,6 +117,7 @@ class Runtime:
     module: ModuleType | None = None
     listener_fds: list[int] = field(default_factory=list)
     slot: int = 0
+    msg_cache: Any = None  # messaging's per-process lookup tables (built on first use)
     _local: threading.local = field(default_factory=threading.local)
 
     @property
