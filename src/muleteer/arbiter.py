@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import gc
 import logging
-import multiprocessing
 import os
 import pwd
 import signal
@@ -37,6 +36,7 @@ from muleteer.apploader import AppLoadError, WSGIApp
 from muleteer.compat import uwsgi as uwsgi_module
 from muleteer.config import Config
 from muleteer.ipc import Channels
+from muleteer.locks import make_locks
 from muleteer.runtime import InboxPort, Runtime
 from muleteer.scoreboard import F, I, Scoreboard, Status
 from muleteer.signalhub import HubActions, SignalHub
@@ -214,7 +214,7 @@ class Master:
             scoreboard=self.scoreboard,
             master_pid=os.getpid(),
             port=self.hub,
-            locks=[multiprocessing.Lock() for _ in range(1 + self.config.get(o.LOCKS))],
+            locks=make_locks(1 + self.config.get(o.LOCKS)),
             listener_fds=[ls.sock.fileno() for ls in self.listeners],
         )
         runtime.install(self.rt)

@@ -14,7 +14,6 @@ import _socket
 import io
 import select
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -86,6 +85,8 @@ class BodySink:
             return
         self.memory += data
         if len(self.memory) > self.threshold:
+            import tempfile  # only bodies this large pay for the import
+
             self.file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the body
             self.file.write(self.memory)
             self.memory = bytearray()

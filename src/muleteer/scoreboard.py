@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 import mmap
-import multiprocessing
 from typing import Any
+
+from muleteer.locks import make_locks
 
 
 class I(enum.IntEnum):  # noqa: E742 - short index names keep hot-path code readable
@@ -82,7 +83,7 @@ class Scoreboard:
         self.ints: Any = view[: ints * 8].cast("q")
         self.floats: Any = view[ints * 8 :].cast("d")
         # A process-shared lock inherited through fork; only the slow paths take it.
-        self._lock = multiprocessing.Lock()
+        (self._lock,) = make_locks(1)
 
     def worker_slot(self, worker_id: int) -> int:
         return worker_id

@@ -7,7 +7,6 @@ A forked child never returns into the master's stack: its entry runs inside
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -39,9 +38,10 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+        # The process's own symbols include libc's prctl: no ctypes.util (which drags in
+        # subprocess, shutil, ... - megabytes in every process).
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):
         log.debug("PR_SET_PDEATHSIG unavailable")

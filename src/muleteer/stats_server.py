@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from muleteer import metrics, sockets
+from muleteer import sockets
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,9 @@ class StatsServer:
         line = bytes(client.request).split(b"\r\n", 1)[0].split(b" ")
         path = line[1].decode("latin-1", "replace") if len(line) > 1 else "/"
         if path.split("?", 1)[0] == "/metrics":
+            # prometheus_client costs several MiB: only a server asked for /metrics pays.
+            from muleteer import metrics
+
             body = metrics.exposition(self.snapshot)
             ctype = "text/plain; version=0.0.4; charset=utf-8"
         else:

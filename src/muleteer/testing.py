@@ -40,6 +40,7 @@ from muleteer import cli, mule, runtime
 from muleteer import options as o
 from muleteer.compat import uwsgi as uwsgi_module
 from muleteer.ipc import Channels
+from muleteer.locks import make_locks
 from muleteer.runtime import Runtime
 from muleteer.scoreboard import I, Scoreboard
 from muleteer.signalhub import SignalHub
@@ -128,9 +129,7 @@ class Harness:
             clock=self.clock.monotonic,
         )
         self.hub.harness = self
-        import multiprocessing
-
-        locks = [multiprocessing.Lock() for _ in range(1 + self.config.get(o.LOCKS))]
+        locks = make_locks(1 + self.config.get(o.LOCKS))
         self.master = _Process(
             "master",
             0,

@@ -15,7 +15,6 @@ request outlived ``--harakiri``: answer 504 if nothing was sent yet, then exit).
 from __future__ import annotations
 
 import _socket
-import ipaddress
 import logging
 import os
 import queue
@@ -46,31 +45,43 @@ SWEEP_EVERY = 0.5
 
 
 def _allow_list(text: str) -> Callable[[str], bool]:
+    """A peer check for `text` ("127.0.0.1,::1", "10.0.0.0/8", "*"), asked for every new
+    connection: exact addresses are a set lookup; ipaddress is only imported (and the
+    answers remembered per address) when the list has networks."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if "*" in items:
         return lambda _addr: True
-    networks = []
-    for item in items:
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            log.warning("ignoring %r in an allow-list: not an IP address or network", item)
+    exact = {item for item in items if "/" not in item}
+    cidrs = [item for item in items if "/" in item]
+    networks: list[Any] = []
+    if cidrs:
+        import ipaddress
 
+        for item in cidrs:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                log.warning("ignoring %r in an allow-list: not an IP network", item)
     verdicts: dict[str, bool] = {}
 
-    def check(addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return addr == "" or addr.startswith("/")  # unix sockets: always local
-        return any(ip in net for net in networks)
-
     def allowed(addr: str) -> bool:
-        # Asked for every new connection, from a handful of peers: remember the answers
-        # (parsing an address costs more than the rest of accepting the connection).
+        if addr == "" or addr.startswith("/"):
+            return True  # unix sockets: always local
+        if addr.startswith("::ffff:"):
+            addr = addr[7:]  # an IPv4 peer on a dual-stack socket
+        if addr in exact:
+            return True
+        if not networks:
+            return False
         verdict = verdicts.get(addr)
         if verdict is None:
-            verdict = check(addr)
+            import ipaddress
+
+            try:
+                ip = ipaddress.ip_address(addr)
+                verdict = any(ip in net for net in networks)
+            except ValueError:
+                verdict = False
             if len(verdicts) < 4096:
                 verdicts[addr] = verdict
         return verdict

@@ -21,7 +21,6 @@ import select
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +101,8 @@ def base_environ(server_name: str, server_port: str, multithread: bool) -> dict[
 def decode_path(raw: str) -> str:
     if "%" not in raw:
         return raw
+    from urllib.parse import unquote_to_bytes  # imported by the first encoded path only
+
     return unquote_to_bytes(raw).decode("latin-1")
 
 
