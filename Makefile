@@ -10,6 +10,7 @@ DOCS_STAMP := $(VENV)/.docs-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m compileall -q src  # PYTHONDONTWRITEBYTECODE would recompile at every start
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -49,6 +50,7 @@ bench: venv
 	test -x $(BENCH_VENV)/bin/uwsgi || ($(PYTHON) -m venv $(BENCH_VENV) && \
 		$(BENCH_VENV)/bin/python -m pip install -q uwsgi gunicorn uwsgidecorators matplotlib)
 	bash bench/ensure_tools.sh
+	$(BIN)/python -m compileall -q src
 	cd bench && BENCH_VENV=$(abspath $(BENCH_VENV)) BENCH_RESULTS=$(abspath $(BENCH_RESULTS)) \
 		MULETEER_CMD="$(abspath $(BIN))/python -m muleteer" \
 		HTTP_SERVERS=uwsgi,uwsgi-http11,gunicorn-sync,nginx-uwsgi,muleteer,nginx-muleteer \
