@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import importlib
 import logging
 import os
 import pwd
@@ -155,6 +156,7 @@ class Master:
         uid, gid = self.config.get(o.UID), self.config.get(o.GID)
         if uid is None and gid is None:
             return
+        self._import_before_drop()
         if gid is None and uid is not None:
             gid = pwd.getpwuid(uid).pw_gid  # never keep root's group behind a dropped uid
         try:
@@ -176,6 +178,19 @@ class Master:
             else:
                 raise BootError("privileges were not dropped: setuid(0) still succeeds")
         log.info("running as uid %d gid %d", os.getuid(), os.getgid())
+
+    def _import_before_drop(self) -> None:
+        """Import now what muleteer itself imports lazily: once the uid has changed, the
+        standard library may no longer be readable (a Python under /root, mode 0700), and
+        a failed import in the master loop would take the server down."""
+        names = ["tempfile", "ipaddress", "urllib.parse", "pkgutil", "termios"]
+        if self.config.get(o.STATS_HTTP):
+            names.append("muleteer.metrics")
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                log.warning("could not import %s before dropping privileges: %s", name, exc)
 
     def _write_pidfile(self) -> None:
         path = self.config.get(o.PIDFILE)

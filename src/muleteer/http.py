@@ -22,8 +22,9 @@ Rules (names from ``research/reliability.md`` 1.5) and the status each one answe
   CONNECT, a target with "#" or userinfo (S5), anything else httptools refuses.
 - 414 / 431: request line / head, field count, field line over the limits (G7).
 - 413: Content-Length over ``limit_post``.
-- 501: Transfer-Encoding other than a lone "chunked" (S3), CONNECT (no tunnelling), a
-  token method llhttp does not know (RFC 9110 9.1).
+- 501: a Transfer-Encoding ending in "chunked" with other codings before it (S3, RFC 9112
+  6.1), CONNECT (no tunnelling), a token method llhttp does not know (RFC 9110 9.1).
+  A Transfer-Encoding whose final coding is not "chunked" is 400 (RFC 9112 6.3).
 - 505: a well-formed version other than HTTP/1.0 and HTTP/1.1 (S4).
 - Dropped: field names containing "_" (S8). Trailers: validated and discarded (S7).
 - Chunked bodies (S6): 400 for bad framing, 413 past ``limit_post``, 431 for a trailer
@@ -158,10 +159,24 @@ def scan_head(buf: bytes | bytearray, limits: Limits) -> int:
     head read at once, line by line or byte by byte gets the same answer.
     """
     skip = _skip_empty_lines(buf)
-    n = len(buf)
     end = buf.find(b"\r\n\r\n", skip, limits.buffer_size)
-    # Bare CR/LF are looked for in the head, or in at most buffer_size bytes of an
-    # incomplete one; a CR ending an incomplete head may still get its LF.
+    if end >= 0:  # the usual case, inlined: a complete head without bare CR or LF
+        crlf = buf.count(b"\r\n", 0, end + 4)
+        if buf.count(b"\n", 0, end + 4) == crlf == buf.count(b"\r", 0, end + 4):
+            # What _check_prefix(buf, end + 3, ...) finds, the limits that a read of the
+            # longest incomplete prefix would have hit, without its generality.
+            line_end = buf.find(b"\n", skip)
+            if line_end - skip - 1 > min(limits.max_request_line, limits.buffer_size):
+                raise HttpError(414, "request line too long")
+            if crlf - skip // 2 - 2 > limits.max_fields:
+                raise HttpError(431, "too many header fields")
+            if end + 2 - line_end > limits.max_field_size + 1:
+                _check_prefix(buf, end + 3, skip, limits)
+            return end + 4
+    n = len(buf)
+    # Bare CR/LF are looked for in the head (which then has one), or in at most
+    # buffer_size bytes of an incomplete one; a CR ending an incomplete head may still
+    # get its LF.
     stop = end + 4 if end >= 0 else min(n, limits.buffer_size)
     crlf = buf.count(b"\r\n", 0, stop)
     open_cr = end < 0 and buf[stop - 1 : stop] == b"\r"
@@ -176,10 +191,7 @@ def scan_head(buf: bytes | bytearray, limits: Limits) -> int:
         if seen_lf <= seen_cr:
             raise HttpError(400, "bare LF in head")  # G1: CVE-2019-16785, CVE-2022-32214
         raise HttpError(400, "bare CR in head")  # G2: CVE-2023-30589
-    if end >= 0:
-        _check_prefix(buf, end + 3, skip, limits)  # the longest incomplete prefix
-        return end + 4
-    _check_prefix(buf, n, skip, limits)
+    _check_prefix(buf, n, skip, limits)  # incomplete (a complete head has returned)
     return -1
 
 
@@ -368,8 +380,12 @@ def _interpret(
         if cl is not None:
             raise HttpError(400, "both Content-Length and Transfer-Encoding")  # S1: 9112 6.1
         if te.lower() != "chunked":
-            # S3: only a lone "chunked" is understood (RFC 9112 6.1: unknown coding -> 501).
-            # Lenient TE parsing: CVE-2024-1135, CVE-2024-6827, CVE-2019-16786/16789.
+            # S3: only a lone "chunked" is understood. Lenient TE parsing: CVE-2024-1135,
+            # CVE-2024-6827, CVE-2019-16786/16789. RFC 9112 6.3: when chunked is not the
+            # final coding the body length is unknowable -> 400 and close; otherwise a
+            # coding we do not implement (gzip, chunked) -> 501 (6.1).
+            if te.rsplit(",", 1)[-1].strip(" \t").lower() != "chunked":
+                raise HttpError(400, "Transfer-Encoding without chunked as the final coding")
             raise HttpError(501, "unsupported Transfer-Encoding")
     elif cl is not None:
         # S2: 1*DIGIT only. int() would take "+5", " 5", "5_0"; lists "5, 5" are refused

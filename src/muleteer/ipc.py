@@ -22,9 +22,11 @@ by every process holding it, so it is set once here.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import sys
+import termios
 from dataclasses import dataclass, field
 
 # Linux keeps message boundaries on a connected stream-like socketpair with SEQPACKET;
@@ -60,9 +62,6 @@ class SignalChannel:
     def pending(self) -> int:
         """Bytes waiting to be read (``signal_queue`` in the stats)."""
         try:
-            import fcntl
-            import termios
-
             buf = fcntl.ioctl(self.recv.fileno(), termios.FIONREAD, b"\0\0\0\0")
             return int.from_bytes(buf, sys.byteorder)
         except OSError:

@@ -251,10 +251,16 @@ class MasterLoop:
             master.apply(master.hub.read_filemon())
         elif tag == "held":
             master.hub.on_writable(fd)
-        elif tag == "stats" and self.stats is not None:
-            self.stats.accept(time.monotonic())
-        elif tag == "stats-client" and self.stats is not None:
-            self.stats.on_event(fd)
+        elif tag in ("stats", "stats-client") and self.stats is not None:
+            # A bug in building the stats must cost one client, never the master.
+            try:
+                if tag == "stats":
+                    self.stats.accept(time.monotonic())
+                else:
+                    self.stats.on_event(fd)
+            except Exception:
+                log.exception("stats server error")
+                self.stats.drop_all()
         elif tag == "fifo":
             self.housekeeping = True
             for fifo in self.fifos:

@@ -173,6 +173,10 @@ class StatsServer:
         elif len(client.request) > MAX_REQUEST:
             self._drop(client, "request too large")
 
+    def drop_all(self) -> None:
+        for client in list(self.clients.values()):
+            self._drop(client, "server error")
+
     def take_closed(self) -> set[int]:
         """Descriptors closed since the last call: the kernel already dropped them from
         the master's epoll, and their numbers may be reused by the next client."""

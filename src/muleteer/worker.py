@@ -264,6 +264,13 @@ class Worker:
             self._close(conn)
             return
         if not data:
+            if conn.protocol == "uwsgi" and conn.mid_request():
+                log.warning(
+                    "uwsgi from %s: connection closed in the middle of a packet "
+                    "(%d bytes received)",
+                    conn.peer[0] or "unix",
+                    len(conn.buf),
+                )
             self._close(conn)
             return
         if not conn.buf and conn.head is None:
