@@ -21,6 +21,9 @@ from typing import IO, Any
 from muleteer import http, uwsgi_proto, wsgi
 from muleteer.http import ChunkedDecoder, HttpError, Limits, RequestHead
 
+# Client sockets stay in blocking mode (one fcntl fewer per connection); every call on
+# them passes MSG_DONTWAIT instead, so none of them can block the worker.
+_DONTWAIT = socket.MSG_DONTWAIT
 MEMORY_BODY = 1 << 20  # bodies above this (or post-buffering) are spooled to a file
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -311,7 +314,7 @@ class Conn:
         self.sends += 1
         sock = self.sock
         try:
-            sent = sock.send(data)
+            sent = sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent == len(data):
@@ -319,7 +322,7 @@ class Conn:
         view = memoryview(data)[sent:]
         while view:
             try:
-                sent = sock.send(view)
+                sent = sock.send(view, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 poller = select.poll()
                 poller.register(self.fd, select.POLLOUT)
@@ -361,7 +364,7 @@ class StreamingInput(io.RawIOBase):
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                data = conn.sock.recv(65536)
+                data = conn.sock.recv(65536, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -221,25 +221,30 @@ class Worker:
             self.rt.check_master()
 
     def _accept(self, listener: Listener) -> None:
-        if self.stopping:
-            return
+        # Under load more connections are already queued: take up to a few in a row (one
+        # failed accept() is cheaper than another trip through the poller). Siblings are
+        # woken for the same queue meanwhile, so the load is still shared.
+        for _ in range(8):
+            if self.stopping or not self._accept_one(listener):
+                return
+
+    def _accept_one(self, listener: Listener) -> bool:
         lsock = listener.sock
         try:
             # _accept() gives the bare descriptor: wrapping it in the C socket type skips
             # socket.socket's Python-level set-up (and a getsockname) on every connection.
             fd, address = lsock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
-            return  # another worker was faster
+            return False  # another worker was faster
         except OSError as exc:
             log.error("accept() on %s failed: %s", listener.name, exc)
-            return
+            return False
         sock = _socket.socket(lsock.family, lsock.type, lsock.proto, fd)
-        sock.setblocking(False)
         peer = (str(address[0]), str(address[1])) if listener.is_tcp else ("", "")
         if listener.protocol == "uwsgi" and listener.is_tcp and not self.uwsgi_allowed(peer[0]):
             log.warning("uwsgi connection from %s refused (not in uwsgi-allow-ips)", peer[0])
             sock.close()
-            return
+            return True
         conn = Conn(
             sock,
             peer,
@@ -253,10 +258,11 @@ class Worker:
         conn.write_timeout = self.socket_timeout
         self.conns[conn.fd] = conn
         self._read(conn)  # the request is usually there already: skip one poll round
+        return len(self.conns) < 1000  # past that, let the poller breathe first
 
     def _read(self, conn: Conn) -> None:
         try:
-            data = conn.sock.recv(65536)
+            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             self._watch(conn)
             return
@@ -328,7 +334,7 @@ class Worker:
         log.warning("%s from %s: %s", conn.protocol, conn.peer[0] or "unix", failure.reason)
         if failure.response is not None:
             try:
-                conn.sock.send(failure.response)
+                conn.sock.send(failure.response, socket.MSG_DONTWAIT)
             except OSError:
                 pass
         self._close(conn)
@@ -563,7 +569,7 @@ class Worker:
         for conn, exchange in list(self.in_flight.values()):
             if not exchange.headers_sent:
                 try:
-                    conn.sock.send(GATEWAY_TIMEOUT)
+                    conn.sock.send(GATEWAY_TIMEOUT, socket.MSG_DONTWAIT)
                 except OSError:
                     pass
             try:

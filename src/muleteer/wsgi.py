@@ -133,10 +133,15 @@ def uwsgi_scheme(environ: dict[str, Any]) -> None:
         environ["wsgi.url_scheme"] = scheme
 
 
+_checked: set[tuple[str, str]] = set()  # header pairs already found valid
+
+
 def check_headers(status: str, headers: list[tuple[str, str]]) -> None:
     if not isinstance(status, str) or not _STATUS.match(status) or _BAD_VALUE.search(status):
         raise HeaderError(f"invalid status line {status!r}")
     for item in headers:
+        if item in _checked:
+            continue  # apps send the same few headers again and again
         if not isinstance(item, tuple) or len(item) != 2:
             raise HeaderError(f"header {item!r} is not a (name, value) tuple")
         name, value = item
@@ -144,6 +149,8 @@ def check_headers(status: str, headers: list[tuple[str, str]]) -> None:
             raise HeaderError(f"invalid header name {name!r}")
         if not isinstance(value, str) or _BAD_VALUE.search(value):
             raise HeaderError(f"invalid value for header {name!r}: {value!r}")
+        if len(_checked) < 4096 and type(name) is str and type(value) is str:
+            _checked.add(item)
 
 
 class Exchange:
@@ -321,6 +328,7 @@ class Exchange:
         self.send_all(head)
         self.tx += len(head)
         sent = 0
+        os.set_blocking(out_fd, False)  # sendfile has no MSG_DONTWAIT
         while sent < count:
             try:
                 chunk = os.sendfile(out_fd, fd, offset + sent, count - sent)
