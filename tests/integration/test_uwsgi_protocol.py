@@ -5,16 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers import app_path, split_response, uwsgi_packet, uwsgi_request, uwsgi_vars
-from muleteer.pytest_plugin import ServerProcess, free_port, wait_for
+from muleteer.pytest_plugin import ServerProcess, free_port
+from nginx import UWSGI_PARAMS, Nginx, nginx_binary
 
 pytestmark = pytest.mark.integration
 
@@ -129,74 +128,24 @@ def test_malformed_packets_are_closed_with_one_log_line(
 
 # -- real nginx in front --------------------------------------------------------------------
 
-NGINX_CONF = """
-worker_processes 1;
-user root;
-daemon off;
-error_log {wd}/error.log warn;
-pid {wd}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {wd}/body;
-    proxy_temp_path {wd}/proxy;
-    fastcgi_temp_path {wd}/fastcgi;
-    uwsgi_temp_path {wd}/uwsgi;
-    scgi_temp_path {wd}/scgi;
-    client_max_body_size 10m;
-    large_client_header_buffers 4 16k;
-    server {{
-        listen 127.0.0.1:{port};
-        location /unix/ {{
-            include {params};
-            uwsgi_pass unix:{unix};
-        }}
-        location / {{
-            include {params};
-            uwsgi_pass 127.0.0.1:{backend};
-        }}
-    }}
-}}
+LOCATIONS = """
+        location /unix/ {{ include {params}; uwsgi_pass unix:{unix}; }}
+        location / {{ include {params}; uwsgi_pass 127.0.0.1:{backend}; }}
 """
-
-
-def _nginx() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
-    )
 
 
 @pytest.fixture(scope="module")
 def nginx(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    binary = _nginx()
-    params = "/etc/nginx/uwsgi_params"
-    if binary is None or not os.path.exists(params):
+    if nginx_binary() is None or not os.path.exists(UWSGI_PARAMS):
         pytest.skip("nginx is not installed (.ci/run installs it with apt-get)")
-    wd = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    conf = wd / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(wd=wd, port=port, params=params, backend=server.port, unix=server.unix)
-    )  # type: ignore[attr-defined]
-    proc = subprocess.Popen(
-        [binary, "-p", str(wd), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    locations = LOCATIONS.format(
+        params=UWSGI_PARAMS,
+        unix=server.unix,  # type: ignore[attr-defined]
+        backend=server.port,
     )
-
-    def up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            assert proc.poll() is None, (wd / "error.log").read_text()
-            return False
-
-    wait_for(up, 10, what="nginx")
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    http = "    client_max_body_size 10m;\n    large_client_header_buffers 4 16k;"
+    with Nginx(tmp_path_factory.mktemp("nginx"), locations, http) as port:
+        yield port
 
 
 def nginx_request(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import re
 import shutil
@@ -34,7 +33,8 @@ from typing import Any
 import pytest
 
 from helpers import uwsgi_packet, uwsgi_vars
-from muleteer.pytest_plugin import ServerProcess, free_port, wait_for
+from muleteer.pytest_plugin import ServerProcess, wait_for
+from nginx import Nginx, nginx_binary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "reliability"))
 import bcf_support as bs
@@ -487,30 +487,15 @@ def test_c4_protocol_and_method_injection_is_closed(
 
 # -- C5: real nginx ------------------------------------------------------------------------------
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-user root;
-error_log {wd}/error.log warn;
-pid {wd}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {wd}/body;
-    proxy_temp_path {wd}/proxy;
-    fastcgi_temp_path {wd}/fastcgi;
-    uwsgi_temp_path {wd}/uwsgi;
-    scgi_temp_path {wd}/scgi;
-    client_max_body_size 16m;
-    large_client_header_buffers 8 16k;
-    uwsgi_read_timeout 10s;
-    server {{
-        listen 127.0.0.1:{port};
+NGINX_LOCATIONS = """
         location /unix/ {{ include {params}; uwsgi_pass unix:{unix}; }}
         location /tcp/ {{ include {params}; uwsgi_pass 127.0.0.1:{tcp}; }}
         location /small/ {{ include {params}; uwsgi_pass 127.0.0.1:{small}; }}
-    }}
-}}
+"""
+NGINX_HTTP = """
+    client_max_body_size 16m;
+    large_client_header_buffers 8 16k;
+    uwsgi_read_timeout 10s;
 """
 
 NGINX_PARAMS = """
@@ -526,15 +511,6 @@ uwsgi_param REMOTE_PORT $remote_port;
 uwsgi_param SERVER_PORT $server_port;
 uwsgi_param SERVER_NAME $server_name;
 """
-
-
-def _nginx_binary() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
-    )
 
 
 def _http(port: int, request: bytes, deadline: float = 20.0) -> bs.Exchange:
@@ -577,8 +553,7 @@ def _wrk(port: int, path: str) -> tuple[dict[str, int], str]:
 def test_c5_real_nginx_uwsgi_pass(
     muleteer_server: ServerFactory, tmp_path: Path, record_figure: Figure
 ) -> None:
-    binary = _nginx_binary()
-    if binary is None:
+    if nginx_binary() is None:
         pytest.skip("nginx is not installed (.ci/run installs it with apt-get)")
     unix = str(tmp_path / "u.sock")
     server, calls = uwsgi_server(
@@ -590,30 +565,8 @@ def test_c5_real_nginx_uwsgi_pass(
     wd.mkdir()
     params = wd / "uwsgi_params"
     params.write_text(NGINX_PARAMS)
-    port = free_port()
-    conf = wd / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            wd=wd, port=port, params=params, unix=unix, tcp=server.port, small=small.port
-        )
-    )
-    proc = subprocess.Popen(
-        [binary, "-p", str(wd), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, (wd / "error.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, 10, what="nginx")
+    locations = NGINX_LOCATIONS.format(params=params, unix=unix, tcp=server.port, small=small.port)
+    with Nginx(wd, locations, NGINX_HTTP) as port:
         failures: list[str] = []
         before = {"small": LogCursor(small), "server": LogCursor(server)}
         for transport in ("unix", "tcp"):
@@ -678,12 +631,6 @@ def test_c5_real_nginx_uwsgi_pass(
             failures.append(f"muleteer warnings under load: {server_problems[:5]}")
         assert calls.lines(), "no request reached the app"
         assert not failures, "\n".join(failures)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def echo_of_ex(ex: bs.Exchange) -> dict[str, Any]:
