@@ -358,7 +358,7 @@ class Master:
     def spawn(self, slot: Slot, now: float) -> None:
         sb, index = self.scoreboard, self._scoreboard_slot(slot)
         base = index * I.COUNT
-        for field in (I.DELTA_REQUESTS, I.STATUS, I.ACCEPTING):
+        for field in (I.DELTA_REQUESTS, I.STATUS, I.ACCEPTING, I.BOOTED):
             sb.ints[base + field] = 0
         for ffield in (F.HARAKIRI, F.USER_HARAKIRI, F.REQUEST_START):
             sb.floats[index * F.COUNT + ffield] = 0.0
@@ -402,7 +402,12 @@ class Master:
             self.begin_stop(brutal=True)
             return
         retired_itself = slot.kind == "worker" and code == spawn.EXIT_RECYCLE
-        delay = slot.exited(now, float(self.config.get(o.FORKBOMB_DELAY)), retired_itself)
+        # A worker that got as far as serving did not fail to start, however soon it was
+        # killed: only processes that die before they serve are backed off.
+        booted = slot.kind == "worker" and self.scoreboard.ints[sb_index * I.COUNT + I.BOOTED]
+        delay = slot.exited(
+            now, float(self.config.get(o.FORKBOMB_DELAY)), retired_itself or bool(booted)
+        )
         if slot.state is SlotState.RETIRED:
             log.info("%s (pid: %d) %s", slot.name, pid, how)
             return

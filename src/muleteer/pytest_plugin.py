@@ -198,20 +198,33 @@ class ServerProcess:
         """Stop the server and kill anything left in its process group."""
         if self.proc is None:
             return None
-        code: int | None = self.proc.poll()
-        if code is None:
-            try:
-                os.kill(self.proc.pid, signum)
-                code = self.proc.wait(timeout)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                code = None
+        return stop_process_group(self.proc, signum, timeout)
+
+
+def stop_process_group(
+    proc: subprocess.Popen[bytes], signum: int = signal.SIGINT, timeout: float = 15.0
+) -> int:
+    """Stop a process started in its own session: `signum` to its leader, then SIGKILL to
+    whatever is left of the group, and return the leader's exit code.
+
+    The group is killed *before* the leader is reaped: until then its zombie holds the
+    pid, so the group id cannot have been given to an unrelated process group."""
+    if proc.poll() is None:
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # WNOWAIT: learn that the leader exited without reaping it.
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                break
+            time.sleep(0.01)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if code is None:
-            code = self.proc.wait(5)
-        return code
+    return proc.wait(10)
 
 
 ServerFactory = Callable[..., ServerProcess]

@@ -37,7 +37,7 @@ class I(enum.IntEnum):  # noqa: E742 - short index names keep hot-path code read
     MSGS_UNHANDLED = 15  # messages a signal-only mule had no hook for
     SIGNALS_RAISED = 17
     ACCEPTING = 18
-    GENERATION = 19
+    BOOTED = 19  # 1 once a worker serves (set by the worker; reset by the master at spawn)
     COUNT = 20
 
 

@@ -77,11 +77,12 @@ class Slot:
         self.stop_reason = reason
         self.respawn_after_stop = respawn
 
-    def exited(self, now: float, cap: float, requested: bool = False) -> float:
+    def exited(self, now: float, cap: float, healthy: bool = False) -> float:
         """The process is gone. Returns the delay before the slot may be spawned again
-        (``inf`` when it must stay retired). `requested`: the process retired itself on
-        purpose (max-requests, ...), which is no more a failure than a stop we asked for."""
-        stopping = self.state is SlotState.STOPPING or requested
+        (``inf`` when it must stay retired). `healthy`: it retired itself on purpose
+        (max-requests, ...) or had started serving before it died - neither is a failure
+        to start, so neither is backed off."""
+        stopping = self.state is SlotState.STOPPING or healthy
         self.pid = 0
         if stopping and not self.respawn_after_stop:
             self._move(SlotState.RETIRED)

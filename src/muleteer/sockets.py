@@ -143,6 +143,16 @@ def bind(spec: str, protocol: str, backlog: int, mode: int | None) -> Listener:
     else:
         sock = _bind_unix(address, mode)
         name = str(address)
+    if (
+        address.family == "tcp"
+        and protocol in ("http", "uwsgi")
+        and hasattr(socket, "TCP_DEFER_ACCEPT")
+    ):
+        # The kernel hands a connection to accept() only once its first bytes arrived (or
+        # after about 5 s of silence), so a worker rarely holds a connection that has
+        # nothing to serve yet: fewer connections die with a killed worker, and a client
+        # that connects and says nothing costs no worker until then.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
     sock.listen(backlog)
     # O_NONBLOCK lives on the shared open file description, so setting it once here holds
     # in every worker: a worker that loses the accept() race gets EAGAIN, not a hang.

@@ -64,29 +64,38 @@ def wait_writable(sock: socket.socket, timeout: float) -> None:
         raise TimeoutError(f"peer did not read for {timeout:g} s")
 
 
+_CHILD_DEFAULTS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGINT,
+)
+
+
 def fork_child(entry: Callable[[], int], before: Callable[[], None] | None = None) -> int:
     """Fork; in the child run `before` then `entry`, and always ``os._exit``. Returns the pid."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # Signals stay blocked across fork() until the child has put back the default
+    # handlers: a SIGHUP in between would otherwise run the master's do-nothing handler
+    # (writing to the master's wakeup fd) and be lost, leaving a reload waiting for this
+    # child until its mercy runs out.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_DEFAULTS)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return pid
     code = EXIT_CRASH
     try:
-        # The master's handlers only write to its wakeup fd; a child starts from defaults
-        # and installs its own.
         signal.set_wakeup_fd(-1)
-        for signum in (
-            signal.SIGHUP,
-            signal.SIGTERM,
-            signal.SIGQUIT,
-            signal.SIGUSR1,
-            signal.SIGCHLD,
-            signal.SIGUSR2,
-            signal.SIGALRM,
-        ):
+        for signum in _CHILD_DEFAULTS:
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         set_parent_death_signal()
         if before is not None:
             before()

@@ -28,8 +28,12 @@ def fetch(address: str, timeout: float = 2.0) -> dict[str, Any]:
         sock = socket.create_connection((host, parsed.port), timeout=timeout)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(parsed.path if parsed.family == "unix" else "\0" + parsed.path)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(parsed.path if parsed.family == "unix" else "\0" + parsed.path)
+        except OSError:
+            sock.close()
+            raise
     with sock:
         if http:
             sock.sendall(b"GET / HTTP/1.0\r\nHost: stats\r\n\r\n")

@@ -42,6 +42,9 @@ NO_APP = wsgi.error_response(
 )
 GATEWAY_TIMEOUT = wsgi.error_response("504 Gateway Timeout")
 SWEEP_EVERY = 0.5
+KEEPALIVE_LINGER = 0.1  # how long a stopping worker keeps idle keep-alive connections open
+RECYCLE_GAP = 0.2  # seconds between two workers' max-requests recycles
+RECYCLE_PATIENCE = 5.0  # longest a due recycle waits for its siblings
 
 
 def _allow_list(text: str) -> Callable[[str], bool]:
@@ -128,6 +131,8 @@ class Worker:
         self.stopping = False
         self.stop_reason = ""
         self.spawned = time.monotonic()
+        self.recycle_due = 0.0  # when a due recycle stops waiting for its siblings
+        self.next_sweep = 0.0  # when the loop next looks for expired connections
         self.sig_fds: dict[int, tuple[socket.socket, bool]] = {}
         self.in_flight: dict[int, tuple[Conn, wsgi.Exchange]] = {}
         self.account_lock = threading.Lock()
@@ -180,20 +185,21 @@ class Worker:
         self._install_os_signals()
         self._register_fds()
         self.ints[self.base + I.ACCEPTING] = 1
+        self.ints[self.base + I.BOOTED] = 1
         for _ in range(self.threads if self.threads > 1 else 0):
             threading.Thread(target=self._thread_main, daemon=True).start()
-        next_sweep = time.monotonic() + SWEEP_EVERY
+        self.next_sweep = time.monotonic() + SWEEP_EVERY
         try:
             while True:
                 if self.stopping and not self.conns and not self.in_flight:
                     break
-                timeout = max(0.0, next_sweep - time.monotonic())
+                timeout = max(0.0, self.next_sweep - time.monotonic())
                 for fd, _events in self.poller.wait(timeout):
                     self._dispatch(fd)
                 now = time.monotonic()
-                if now >= next_sweep:
+                if now >= self.next_sweep:
                     self._sweep(now)
-                    next_sweep = now + SWEEP_EVERY
+                    self.next_sweep = now + (KEEPALIVE_LINGER if self.stopping else SWEEP_EVERY)
         except MasterDied:
             log.error("the master disconnected from this worker: shutting down the worker")
             return spawn.EXIT_MASTER_GONE
@@ -345,10 +351,6 @@ class Worker:
                 if conn.mid_request():
                     log.info("closing %s: too slow sending its request", conn.peer[0] or "unix")
                 self._close(conn)
-        if self.stopping:
-            for conn in list(self.conns.values()):
-                if conn.served and not conn.mid_request() and conn.fd not in self.in_flight:
-                    self._close(conn)  # idle keep-alive connection: nothing owed to it
 
     def _signal(self, sock: socket.socket, shared: bool) -> None:
         # From the shared channel take one byte, so idle siblings get their share.
@@ -393,11 +395,15 @@ class Worker:
         for fd in self.listeners:
             self.poller.unregister(fd)
         now = time.monotonic()
-        for conn in list(self.conns.values()):
+        for conn in self.conns.values():
             if conn.served and not conn.mid_request() and conn.fd not in self.in_flight:
-                self._close(conn)
+                # An idle keep-alive connection lingers a moment: a busy client's next
+                # request is usually already on its way, and is served (with
+                # ``Connection: close``) instead of meeting a closed socket.
+                conn.deadline = min(conn.deadline, now + KEEPALIVE_LINGER)
             else:
                 conn.deadline = min(conn.deadline, now + self.header_timeout)
+        self.next_sweep = min(self.next_sweep, now + KEEPALIVE_LINGER)
 
     # -- running a request -----------------------------------------------------------------
 
@@ -502,22 +508,47 @@ class Worker:
                 self.floats[self.fbase + F.HARAKIRI] = time.monotonic() + self.harakiri
 
     def _check_recycle(self) -> None:
-        if self.stopping:
+        if self.stopping or time.monotonic() - self.spawned < self.min_lifetime:
             return
-        lived = time.monotonic() - self.spawned
         done = self.ints[self.base + I.DELTA_REQUESTS]
-        if self.max_requests and done >= self.max_requests and lived >= self.min_lifetime:
-            self.stop(
-                f"...The work of process {os.getpid()} is done (max requests reached "
-                f"({done} >= {self.max_requests})). Seeya!"
-            )
-        elif self.reload_on_rss and lived >= self.min_lifetime:
+        if self.max_requests and done >= self.max_requests:
+            # A count quota waits its turn while another worker is being replaced, so
+            # capacity stays up (bounded by RECYCLE_PATIENCE).
+            now = time.monotonic()
+            if self.recycle_due == 0.0:
+                self.recycle_due = now + RECYCLE_PATIENCE
+            if now >= self.recycle_due or self._siblings_settled():
+                self._retire(f"max requests reached ({done} >= {self.max_requests})")
+                return
+        if self.reload_on_rss:
+            # A memory limit does not wait: the leak goes on while it would.
             rss = _rss_bytes()
             if rss > self.reload_on_rss:
-                self.stop(
-                    f"...The work of process {os.getpid()} is done (reload-on-rss: "
-                    f"{rss // (1 << 20)} MiB > {self.reload_on_rss // (1 << 20)} MiB). Seeya!"
-                )
+                mib = 1 << 20
+                self._retire(f"reload-on-rss: {rss // mib} MiB > {self.reload_on_rss // mib} MiB")
+
+    def _retire(self, reason: str) -> None:
+        self.stop(f"...The work of process {os.getpid()} is done ({reason}). Seeya!")
+
+    def _siblings_settled(self) -> bool:
+        """No other worker slot is being replaced right now: each is accepting, and none
+        is a replacement (spawned well after this worker) younger than RECYCLE_GAP.
+        Without this, load moving to the survivors makes workers with similar quotas
+        recycle in lock-step. Workers spawned together (start-up, a reload) do not wait
+        for each other."""
+        sb = self.rt.scoreboard
+        wall = time.time()
+        mine = self.floats[self.rt.slot * F.COUNT + F.LAST_SPAWN]
+        for worker_id in range(1, sb.workers + 1):
+            if worker_id == self.rt.id:
+                continue
+            slot = sb.worker_slot(worker_id)
+            if not self.ints[slot * I.COUNT + I.ACCEPTING]:
+                return False
+            theirs = self.floats[slot * F.COUNT + F.LAST_SPAWN]
+            if theirs - mine >= RECYCLE_GAP and wall - theirs < RECYCLE_GAP:
+                return False
+        return True
 
     def _log_request(self, request: Request, exchange: wsgi.Exchange, elapsed: float) -> None:
         env = request.environ

@@ -471,9 +471,15 @@ def test_max_requests_recycles_workers_without_failures(muleteer_server: ServerF
         pid = int(body_json(Response(200, {}, outcome.body))["pid"])
         per_pid[pid] = per_pid.get(pid, 0) + 1
     # A worker finishes the connections it had already accepted when it reached its
-    # quota: at most the client's 4 concurrent connections beyond the 20.
-    assert max(per_pid.values()) <= 24, per_pid
-    assert len(per_pid) >= 300 // 24, per_pid
+    # quota (at most the client's 4 concurrent connections beyond the 20) - unless a
+    # sibling's replacement is still booting (< RECYCLE_GAP old): then it serves on for
+    # those moments rather than leave the server with no worker accepting.
+    counts = sorted(per_pid.values())
+    assert counts[len(counts) // 2] in range(20, 25), per_pid
+    overshoot = [n for n in counts if n > 24]
+    assert len(overshoot) <= len(counts) // 3, per_pid
+    assert max(counts) < 20 + 300 // 3, per_pid
+    assert len(per_pid) >= 300 // 40, per_pid
     assert server.wait_log(r"The work of process \d+ is done \(max requests reached \(20 >= 20\)")
     # A worker that retired after its quota is not a boot failure: no respawn back-off.
     assert "keeps dying at start" not in server.log_text()

@@ -639,7 +639,11 @@ def test_listen_queue_counts_waiting_connections(
         wait_for(lambda: stats_json(stats)["workers"][0]["status"] == "busy", 5.0)
         try:
             for _ in range(3):
-                waiting.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+                # Each sends its request at once: with TCP_DEFER_ACCEPT a connection that
+                # has said nothing yet is not in the accept queue at all.
+                conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                waiting.append(conn)
             document = wait_for(lambda: (d := stats_json(stats))["listen_queue"] == 3 and d, 5.0)
             (sock,) = document["sockets"]
             assert (sock["queue"], sock["max_queue"]) == (3, 100)
@@ -647,7 +651,6 @@ def test_listen_queue_counts_waiting_connections(
             release.write_text("")
             assert read_all(busy).startswith(b"HTTP/1.1 200")
             for conn in waiting:
-                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 assert read_all(conn).startswith(b"HTTP/1.1 200")
         finally:
             for conn in waiting:

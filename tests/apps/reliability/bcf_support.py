@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from muleteer.pytest_plugin import stop_process_group
+
 T = TypeVar("T")
 
 APPS_DIR = Path(__file__).resolve().parent
@@ -194,24 +196,7 @@ class Anchor:
     def stop(self) -> None:
         if self.proc is None:
             return
-        for signum in (signal.SIGINT, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, signum)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process_group(self.proc, signal.SIGINT, 5.0)
 
 
 def gunicorn_sync(site: Path, logdir: Path, workers: int = 2) -> Anchor:
