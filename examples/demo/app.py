@@ -12,9 +12,9 @@ from urllib.parse import parse_qs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uwsgi  # noqa: E402
-from activity import LOG, WATCHED, recent, record  # noqa: E402
-from uwsgidecorators import cron, filemon, signal, timer  # noqa: E402
+import uwsgi
+from activity import LOG, WATCHED, recent, record
+from uwsgidecorators import cron, filemon, signal, timer
 
 
 def me():
@@ -87,13 +87,21 @@ def application(environ, start_response):
         return [b"not found\n"]
     rows = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            time.strftime("%H:%M:%S", time.localtime(e["t"])), html.escape(e["who"]),
-            html.escape(e["what"]))
+            time.strftime("%H:%M:%S", time.localtime(e["t"])),
+            html.escape(e["who"]),
+            html.escape(e["what"]),
+        )
         for e in recent()
     )
-    body = PAGE.format(who=me(), pid=os.getpid(), mules=len(uwsgi.opt.get("mule", [])),
-                       rows=rows or "<tr><td>nothing yet</td></tr>", log=html.escape(LOG))
+    body = PAGE.format(
+        who=me(),
+        pid=os.getpid(),
+        mules=len(uwsgi.opt.get("mule", [])),
+        rows=rows or "<tr><td>nothing yet</td></tr>",
+        log=html.escape(LOG),
+    )
     data = body.encode()
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                              ("Content-Length", str(len(data)))])
+    start_response(
+        "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))]
+    )
     return [data]

@@ -8,8 +8,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uwsgi  # noqa: E402
-from activity import record  # noqa: E402
+import uwsgi
+from activity import record
 
 
 def heartbeat():

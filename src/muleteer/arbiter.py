@@ -360,7 +360,7 @@ class Master:
         base = index * I.COUNT
         for field in (I.DELTA_REQUESTS, I.STATUS, I.ACCEPTING, I.BOOTED):
             sb.ints[base + field] = 0
-        for ffield in (F.HARAKIRI, F.USER_HARAKIRI, F.REQUEST_START):
+        for ffield in (F.HARAKIRI, F.USER_HARAKIRI, F.REQUEST_START, F.RECYCLE_DUE):
             sb.floats[index * F.COUNT + ffield] = 0.0
         sb.floats[index * F.COUNT + F.LAST_SPAWN] = time.time()
         sb.ints[base + I.RESPAWNS] += 1

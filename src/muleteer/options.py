@@ -542,7 +542,8 @@ HARAKIRI = value(
 MAX_REQUESTS = value(
     "max-requests",
     0,
-    "recycle a worker after this many requests (0 = off)",
+    "recycle a worker after this many requests (0 = off); workers take turns, at most "
+    "one recycle every 0.2 s, so capacity stays up",
     _int(0),
     short="R",
     category="requests",

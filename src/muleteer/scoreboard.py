@@ -47,7 +47,8 @@ class F(enum.IntEnum):
     LAST_SPAWN = 2  # wall clock
     REQUEST_START = 3  # wall clock, 0 when idle
     HARAKIRI_SIGNAL = 4  # signal whose handler armed HARAKIRI (mules)
-    COUNT = 5
+    RECYCLE_DUE = 5  # wall clock when the worker's max-requests recycle fell due (0 = not)
+    COUNT = 6
 
 
 class Status(enum.IntEnum):

@@ -517,6 +517,7 @@ class Worker:
             now = time.monotonic()
             if self.recycle_due == 0.0:
                 self.recycle_due = now + RECYCLE_PATIENCE
+                self.floats[self.rt.slot * F.COUNT + F.RECYCLE_DUE] = time.time()
             if now >= self.recycle_due or self._siblings_settled():
                 self._retire(f"max requests reached ({done} >= {self.max_requests})")
                 return
@@ -531,22 +532,24 @@ class Worker:
         self.stop(f"...The work of process {os.getpid()} is done ({reason}). Seeya!")
 
     def _siblings_settled(self) -> bool:
-        """No other worker slot is being replaced right now: each is accepting, and none
-        is a replacement (spawned well after this worker) younger than RECYCLE_GAP.
-        Without this, load moving to the survivors makes workers with similar quotas
-        recycle in lock-step. Workers spawned together (start-up, a reload) do not wait
-        for each other."""
-        sb = self.rt.scoreboard
+        """No other worker slot is being replaced or waits its turn first: each is
+        accepting, none is a replacement (a slot's second spawn or later) younger than
+        RECYCLE_GAP, and none fell due for its own recycle before this one did. Without
+        this, load moving to the survivors makes workers with similar quotas recycle in
+        lock-step. Workers spawned together at start-up do not wait for each other."""
+        sb, floats = self.rt.scoreboard, self.floats
         wall = time.time()
-        mine = self.floats[self.rt.slot * F.COUNT + F.LAST_SPAWN]
+        mine = floats[self.rt.slot * F.COUNT + F.RECYCLE_DUE]
         for worker_id in range(1, sb.workers + 1):
             if worker_id == self.rt.id:
                 continue
             slot = sb.worker_slot(worker_id)
             if not self.ints[slot * I.COUNT + I.ACCEPTING]:
                 return False
-            theirs = self.floats[slot * F.COUNT + F.LAST_SPAWN]
-            if theirs - mine >= RECYCLE_GAP and wall - theirs < RECYCLE_GAP:
+            replacement = self.ints[slot * I.COUNT + I.RESPAWNS] > 1
+            if replacement and wall - floats[slot * F.COUNT + F.LAST_SPAWN] < RECYCLE_GAP:
+                return False
+            if 0.0 < floats[slot * F.COUNT + F.RECYCLE_DUE] < mine:
                 return False
         return True
 
