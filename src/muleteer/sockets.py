@@ -16,7 +16,7 @@ import socket
 import stat
 import sys
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,17 @@ class Listener:
     protocol: str  # "http" or "uwsgi"
     spec: str  # the address as configured
     name: str  # the address actually bound (resolves :0 and host names)
+    # Read once: socket.socket's family/type properties build an enum member per access,
+    # which the accept path would otherwise pay on every connection.
+    is_tcp: bool = field(init=False)
+    kind: tuple[int, int, int] = field(init=False)  # (family, type, proto) as plain ints
+    fd: int = field(init=False)
 
-    @property
-    def is_tcp(self) -> bool:
-        return self.sock.family in (socket.AF_INET, socket.AF_INET6)
+    def __post_init__(self) -> None:
+        family = int(self.sock.family)
+        self.is_tcp = family in (socket.AF_INET, socket.AF_INET6)
+        self.kind = (family, int(self.sock.type), self.sock.proto)
+        self.fd = self.sock.fileno()
 
 
 def _is_loopback(host: str) -> bool:

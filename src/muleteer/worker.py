@@ -245,7 +245,7 @@ class Worker:
         except OSError as exc:
             log.error("accept() on %s failed: %s", listener.name, exc)
             return False
-        sock = _socket.socket(lsock.family, lsock.type, lsock.proto, fd)
+        sock = _socket.socket(*listener.kind, fd)
         peer = (str(address[0]), str(address[1])) if listener.is_tcp else ("", "")
         if listener.protocol == "uwsgi" and listener.is_tcp and not self.uwsgi_allowed(peer[0]):
             log.warning("uwsgi connection from %s refused (not in uwsgi-allow-ips)", peer[0])
@@ -255,7 +255,7 @@ class Worker:
             sock,
             peer,
             listener.protocol,
-            self.bases[listener.sock.fileno()],
+            self.bases[listener.fd],
             self.limits,
             self.forwarded_allowed(peer[0]) if listener.is_tcp else True,
             self.memory_body,
