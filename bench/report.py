@@ -41,7 +41,8 @@ class Report:
         self.signal = _load(directory, "signal.json").get("results", [])
         self.mem = _load(directory, "mem_startup.json").get("runs", [])
         self.rows: list[tuple[str, str, str, str, str, str]] = []
-        self.chart: list[tuple[str, float, float]] = []  # (label, muleteer, anchor)
+        # (label, muleteer, anchor, target met)
+        self.chart: list[tuple[str, float, float, bool | None]] = []
 
     def rps(self, server: str, conns: int, mode: str) -> float:
         return self.http.get(f"{server}|c={conns}|{mode}", {}).get("rps_median", float("nan"))
@@ -58,7 +59,7 @@ class Report:
         sign = ">=" if higher_is_better else "<="
         self.add(what, anchor_name, _fmt(mine) + unit, _fmt(theirs) + unit,
                  f"{_fmt(ratio, 2)}x", f"{sign} {target}x", met)
-        self.chart.append((what, mine, theirs))
+        self.chart.append((f"{what} (vs {anchor_name})", mine, theirs, met))
 
     def http_rows(self) -> None:
         if not self.http:
@@ -171,19 +172,22 @@ class Report:
             import matplotlib.pyplot as plt
         except ImportError:
             return False
-        items = [(label, mine / theirs) for label, mine, theirs in self.chart
+        items = [(label, mine / theirs, met) for label, mine, theirs, met in self.chart
                  if theirs and not math.isnan(theirs) and not math.isnan(mine)]
         if not items:
             return False
-        fig, ax = plt.subplots(figsize=(10, 0.45 * len(items) + 1.5))
-        labels = [label for label, _ in items]
-        ratios = [ratio for _, ratio in items]
-        ax.barh(range(len(items)), ratios, color=["#4c8" if r >= 1 else "#e96" for r in ratios])
+        fig, ax = plt.subplots(figsize=(11, 0.45 * len(items) + 1.5))
+        labels = [label for label, _, _ in items]
+        ratios = [ratio for _, ratio, _ in items]
+        # Green when the row's target holds (for latency and memory that is a ratio <= 1).
+        colors = ["#4c8" if met else "#e96" for _, _, met in items]
+        ax.barh(range(len(items)), ratios, color=colors)
         ax.axvline(1.0, color="#333", linewidth=1)
         ax.set_yticks(range(len(items)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("muleteer / anchor (same run; >1 = more, for latency and memory less is better)")
-        ax.set_title(f"muleteer vs anchors - {self.dir.name}")
+        ax.set_xlabel("muleteer / anchor, same run (green: target met; for latency and "
+                      "memory, lower is better)")
+        ax.set_title(f"muleteer vs anchors - {self.dir.resolve().name}")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
