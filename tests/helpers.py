@@ -132,3 +132,36 @@ def pid_alive(pid: int) -> bool:
 
 def env_with_src() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])}
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after the command name (index 0 is the state)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def proc_state(pid: int) -> str:
+    """One-letter process state, or "" when the pid no longer exists."""
+    fields = stat_fields(pid)
+    return fields[0].decode() if fields else ""
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    return proc_state(pid) not in ("", "Z")
+
+
+def proc_age(pid: int) -> float:
+    """Seconds since the process started (from /proc, 1/CLK_TCK resolution)."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return 0.0
+    with open("/proc/uptime") as handle:
+        uptime = float(handle.read().split()[0])
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")

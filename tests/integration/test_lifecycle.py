@@ -23,7 +23,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import app_path, poll_file, read_all, split_response, status_of
+from helpers import (
+    alive,
+    app_path,
+    poll_file,
+    proc_age,
+    proc_state,
+    read_all,
+    split_response,
+    stat_fields,
+    status_of,
+)
 from loadclient import BackgroundLoad, LoadResult, run_load
 from muleteer.pytest_plugin import (
     Response,
@@ -60,44 +70,19 @@ def application(environ, start_response):
 # -- /proc helpers --------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 is the state)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def proc_state(pid: int) -> str:
-    """One-letter process state, or "" when the pid no longer exists."""
-    fields = _stat_fields(pid)
-    return fields[0].decode() if fields else ""
-
-
 def is_dead(pid: int) -> bool:
     """Gone, or a zombie waiting to be reaped by whoever adopted it."""
-    return proc_state(pid) in ("", "Z")
+    return not alive(pid)
 
 
 def zombie_children(ppid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat_fields(int(entry))
+            fields = stat_fields(int(entry))
             if fields and int(fields[1]) == ppid and fields[0] == b"Z":
                 out.append(int(entry))
     return out
-
-
-def proc_age(pid: int) -> float:
-    """Seconds since the process started (from /proc, 1/CLK_TCK resolution)."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return 0.0
-    with open("/proc/uptime") as handle:
-        uptime = float(handle.read().split()[0])
-    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 # -- request helpers ------------------------------------------------------------------------

@@ -48,29 +48,10 @@ H = b"Host: a\r\n"
 # -- the server and its app-call log ---------------------------------------------------------
 
 
-class Calls:
-    """The echo app's call log: one line ``<pid> <METHOD> <target>`` per app call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[str]:
-        try:
-            return self.path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-
-    def mark(self) -> int:
-        return len(self.lines())
-
-    def since(self, mark: int) -> list[str]:
-        return self.lines()[mark:]
-
-
 def echo_server(
     muleteer_server: ServerFactory, tmp_path: Path, *options: str
-) -> tuple[ServerProcess, Calls]:
-    calls = Calls(tmp_path / "calls.txt")
+) -> tuple[ServerProcess, bs.Calls]:
+    calls = bs.Calls(tmp_path / "calls.txt")
     server = muleteer_server(
         "--processes", "2", *options, app=bs.ECHO_APP, env={"BCF_CALLS": str(calls.path)}
     )
@@ -91,7 +72,7 @@ def echo_of(response: bs.RawResponse) -> dict[str, Any]:
     return dict(json.loads(response.body))
 
 
-def check_canary_after(server: ServerProcess, calls: Calls, name: str) -> str:
+def check_canary_after(server: ServerProcess, calls: bs.Calls, name: str) -> str:
     """A GET on a new connection must be answered 200 by the app; "" or the problem."""
     mark = calls.mark()
     ex = bs.exchange(
@@ -536,7 +517,7 @@ def _corpus() -> list[Any]:
 
 def _replay_error_case(
     server: ServerProcess,
-    calls: Calls,
+    calls: bs.Calls,
     name: str,
     data: bytes,
     statuses: frozenset[int],

@@ -45,25 +45,6 @@ ServerFactory = Callable[..., ServerProcess]
 Figure = Callable[..., None]
 
 
-class Calls:
-    """The echo app's call log: one line ``<pid> <METHOD> <target>`` per app call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[str]:
-        try:
-            return self.path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-
-    def mark(self) -> int:
-        return len(self.lines())
-
-    def since(self, mark: int) -> list[str]:
-        return self.lines()[mark:]
-
-
 class LogCursor:
     """New server log lines since the last call, request-log lines left out."""
 
@@ -79,8 +60,8 @@ class LogCursor:
 
 def uwsgi_server(
     muleteer_server: ServerFactory, tmp_path: Path, *options: str
-) -> tuple[ServerProcess, Calls]:
-    calls = Calls(tmp_path / "calls.txt")
+) -> tuple[ServerProcess, bs.Calls]:
+    calls = bs.Calls(tmp_path / "calls.txt")
     server = muleteer_server(
         "--processes",
         "2",
@@ -174,7 +155,7 @@ def base_pairs(path: str = "/echo", method: str = "GET") -> list[tuple[bytes, by
 
 def _expect_refused(
     server: ServerProcess,
-    calls: Calls,
+    calls: bs.Calls,
     cursor: LogCursor,
     name: str,
     data: bytes,
@@ -818,7 +799,7 @@ def _run_differential(
     if binary is None:
         pytest.skip(f"uWSGI {bs.UWSGI_VERSION} cannot be built: {why_not}")
     server, mine_calls = uwsgi_server(muleteer_server, tmp_path)
-    theirs_calls = Calls(tmp_path / "uwsgi-calls.txt")
+    theirs_calls = bs.Calls(tmp_path / "uwsgi-calls.txt")
     anchor = bs.uwsgi(binary, tmp_path, "uwsgi", env={"BCF_CALLS": str(theirs_calls.path)})
     rng = random.Random(0xC7)
     counts: dict[str, Any] = {

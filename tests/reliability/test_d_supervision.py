@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import psutil
 import pytest
 
+from helpers import alive, proc_age, proc_state, stat_fields
 from loadclient import BackgroundLoad, LoadResult, run_load
 from muleteer.pytest_plugin import (
     ServerFactory,
@@ -50,6 +51,9 @@ from muleteer.pytest_plugin import (
     stop_process_group,
     wait_for,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "reliability"))
+import bcf_support as bs
 
 pytestmark = pytest.mark.integration
 
@@ -61,42 +65,12 @@ STORMAPP = APPS / "reliability" / "de_storm.py"
 TESTAPP = APPS / "testapp.py"
 
 SEED = 20261204
-GUNICORN = "gunicorn==27.0.1"  # the version research/reliability.md measured
 GUNICORN_ANCHOR = "gunicorn 27.0.1 sync"
-PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 PR_SET_CHILD_SUBREAPER = 36
-MIN_LIFETIME = 1.0  # muleteer backs off a slot whose process died younger than this
+MIN_LIFETIME = 1.0  # a process that dies younger than this may be backed off (see D2)
 
 
 # -- /proc ----------------------------------------------------------------------------------
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 is the state)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def proc_state(pid: int) -> str:
-    fields = stat_fields(pid)
-    return fields[0].decode() if fields else ""
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie)."""
-    return proc_state(pid) not in ("", "Z")
-
-
-def proc_age(pid: int) -> float:
-    fields = stat_fields(pid)
-    if fields is None:
-        return 0.0
-    with open("/proc/uptime") as handle:
-        uptime = float(handle.read().split()[0])
-    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def child_pids(pid: int) -> list[int]:
@@ -479,19 +453,7 @@ def subreaper() -> Iterator[Callable[[list[int]], None]]:
 def gunicorn_site(tmp_path_factory: pytest.TempPathFactory) -> Path | str:
     """gunicorn installed into a throwaway directory, or why it could not be."""
     target = tmp_path_factory.mktemp("gunicorn-anchor")
-    try:
-        result = subprocess.run(
-            [*PIP, "install", "-q", "--no-input", "--target", str(target), GUNICORN],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"pip install {GUNICORN} timed out"
-    if result.returncode != 0:
-        return f"pip install {GUNICORN} failed: {result.stderr.strip()[-300:]}"
-    return target
+    return bs.pip_install(target, bs.GUNICORN, timeout=300) or target
 
 
 class Gunicorn:
@@ -879,8 +841,9 @@ def test_d2_respawn_latency_kill_to_replacement_answering(
     record_figure: Callable[..., None],
 ) -> None:
     """50 single kills: kill -> the replacement answers its first request, p50 < 100 ms and
-    max < 1 s. Each victim is at least 1.1 s old: muleteer backs off a slot whose process
-    died within 1 s of its spawn, which is not what this measures."""
+    max < 1 s. Each victim is at least 1.1 s old, so that every kill measures a plain
+    respawn: muleteer backs off a process that dies within 1 s of its spawn unless it
+    had started serving (the D3 back-off is not what this measures)."""
     server = muleteer_server("--processes", "2", "--mules", "1", "--disable-logging", app=PIDAPP)
     two_workers(server)
     ours = measure_respawns(
@@ -907,8 +870,7 @@ def test_d2_respawn_latency_kill_to_replacement_answering(
         anchor = anchor_fork = f"not measured: {gunicorn_site}"
     record_figure(
         "D2",
-        "kill -> replacement answering (50 kills; victims >= 1.1 s old, as muleteer backs "
-        "off a slot whose process dies within 1 s of spawn)",
+        "kill -> replacement answering (50 kills of workers >= 1.1 s old)",
         f"p50 {answer_p50 * 1000:.0f} ms, max {answer_max * 1000:.0f} ms",
         GUNICORN_ANCHOR,
         anchor,
@@ -955,24 +917,26 @@ def respawn_counts(doc: dict[str, Any]) -> dict[int, int]:
     return {w["id"]: w["respawn_count"] for w in doc["workers"]}
 
 
+def flag_server(muleteer_server: ServerFactory, tmp_path: Path) -> tuple[ServerProcess, Path, str]:
+    """Two lazy-apps workers of the flag app (whose import obeys the flag file), with
+    stats; returns the server, the flag file and the stats socket."""
+    flag = tmp_path / "flag"
+    stats = str(tmp_path / "stats.sock")
+    server = muleteer_server(
+        *("--processes", "2", "--lazy-apps", "--need-app=false", "--stats", stats),
+        app=FLAGAPP,
+        env={"DE_FLAG": str(flag)},
+    )
+    return server, flag, stats
+
+
 def crash_backoff(
     muleteer_server: ServerFactory,
     tmp_path: Path,
     window: float,
     record_figure: Callable[..., None] | None,
 ) -> None:
-    flag = tmp_path / "flag"
-    stats = str(tmp_path / "stats.sock")
-    server = muleteer_server(
-        "--processes",
-        "2",
-        "--lazy-apps",
-        "--need-app=false",
-        "--stats",
-        stats,
-        app=FLAGAPP,
-        env={"DE_FLAG": str(flag)},
-    )
+    server, flag, stats = flag_server(muleteer_server, tmp_path)
     slots = age_both(server)
     before = respawn_counts(stats_doc(server, stats))
     flag.write_text("crash")
@@ -1076,18 +1040,7 @@ def test_d3_import_that_raises_with_need_app_false_serves_500_without_a_fork_loo
     """With ``need-app = false`` a worker whose app import raises stays up without an app
     (uWSGI's "no app loaded" mode): it answers 500 and is not respawned, so there is no
     fork loop to throttle. (The back-off is exercised by the crashing import above.)"""
-    flag = tmp_path / "flag"
-    stats = str(tmp_path / "stats.sock")
-    server = muleteer_server(
-        "--processes",
-        "2",
-        "--lazy-apps",
-        "--need-app=false",
-        "--stats",
-        stats,
-        app=FLAGAPP,
-        env={"DE_FLAG": str(flag)},
-    )
+    server, flag, stats = flag_server(muleteer_server, tmp_path)
     slots = age_both(server)
     before = respawn_counts(stats_doc(server, stats))
     flag.write_text("raise")

@@ -16,16 +16,12 @@ and run with the same mule program and app (E1's accounting).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,15 +32,15 @@ from typing import Any
 import psutil
 import pytest
 
+from helpers import alive, proc_age
 from muleteer.pytest_plugin import ServerFactory, free_port, stop_process_group, wait_for
 
 from .test_d_supervision import (
     Logged,
-    alive,
+    bs,
     dead,
     diag,
     kill_child,
-    proc_age,
     stats_doc,
     until,
 )
@@ -55,11 +51,7 @@ APPS = Path(__file__).resolve().parents[1] / "apps" / "reliability"
 MSGAPP = APPS / "de_msgapp.py"
 SLOW_MULE = APPS / "de_slow_mule.py"
 
-UWSGI_VERSION = "2.0.31"
-UWSGI_CACHE = Path.home() / ".cache" / "muleteer-test-uwsgi"
-UWSGI_ANCHOR = f"uWSGI {UWSGI_VERSION}"
-UWSGI_REQ = f"uwsgi=={UWSGI_VERSION}"
-PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+UWSGI_ANCHOR = f"uWSGI {bs.UWSGI_VERSION}"
 
 
 # -- talking to the app -------------------------------------------------------------------
@@ -117,33 +109,9 @@ class MuleLog:
 
 @pytest.fixture(scope="module")
 def uwsgi_binary() -> Path | str:
-    """uWSGI's binary, built once with pip and cached by version; or why it is missing."""
-    home = UWSGI_CACHE / UWSGI_VERSION
-    binary = home / "bin" / "uwsgi"
-    if binary.exists():
-        return binary
-    UWSGI_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(UWSGI_CACHE / f"{UWSGI_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building it right now
-        if binary.exists():
-            return binary
-        staging = Path(tempfile.mkdtemp(dir=UWSGI_CACHE, prefix=f".{UWSGI_VERSION}-"))
-        try:
-            result = subprocess.run(
-                [*PIP, "install", "-q", "--no-input", "--target", str(staging), UWSGI_REQ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(staging, ignore_errors=True)
-            return f"building uWSGI {UWSGI_VERSION} with pip timed out"
-        if result.returncode != 0 or not (staging / "bin" / "uwsgi").exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            return f"pip could not build uWSGI {UWSGI_VERSION}: {result.stderr.strip()[-300:]}"
-        os.rename(staging, home)
-    return binary
+    """uWSGI's binary (built once with pip and cached by version), or why it is missing."""
+    binary, why_not = bs.uwsgi_binary()
+    return binary if binary is not None else why_not
 
 
 class Uwsgi:
