@@ -162,6 +162,16 @@ class Conn:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    def _feed_counted(self, sink: BodySink) -> bool:
+        """Move up to `remaining` buffered bytes of a counted body into `sink`; True once
+        the whole body is in."""
+        take = min(self.remaining, len(self.buf))
+        if take:
+            sink.write(memoryview(self.buf)[:take])
+            del self.buf[:take]
+            self.remaining -= take
+        return not self.remaining
+
     def _http_request(self, stream: StreamingInput | None) -> Request:
         head = self.head
         assert head is not None
@@ -220,14 +230,8 @@ class Conn:
                 sink.write(body)
             if not self.chunked.done:
                 return None
-        else:
-            take = min(self.remaining, len(self.buf))
-            if take:
-                sink.write(memoryview(self.buf)[:take])
-                del self.buf[:take]
-                self.remaining -= take
-            if self.remaining:
-                return None
+        elif not self._feed_counted(sink):
+            return None
         return self._http_request(None)
 
     # -- uwsgi protocol --------------------------------------------------------------------
@@ -263,14 +267,8 @@ class Conn:
             self.remaining = length
             self.sink = BodySink(self.memory_body) if length else None
         sink = self.sink
-        if sink is not None:
-            take = min(self.remaining, len(self.buf))
-            if take:
-                sink.write(memoryview(self.buf)[:take])
-                del self.buf[:take]
-                self.remaining -= take
-            if self.remaining:
-                return None
+        if sink is not None and not self._feed_counted(sink):
+            return None
         variables = self.uwsgi_vars
         self.uwsgi_vars = None
         self.sink = None
