@@ -239,9 +239,10 @@ def mule_get_msg(
     As in uWSGI 2.0 the ``signals`` flag is inverted: only a falsy value makes the call
     also wait on the signal channels, run a handler in this thread and return None.
     """
-    _require_mule(rt, "mule")
     fast = rt.msg_cache or _fast(rt)
     own = fast.own
+    if own is None:  # only a mule has its own queue (tested inline: this is the hot path)
+        _require_mule(rt, "mule")
     assert own is not None
     limit = fast.limit
     # Fast path: a message already waiting on the own queue costs one recv().
