@@ -10,6 +10,8 @@ verdicts must be identical and equal to the expected one.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -106,8 +108,11 @@ def test_case_verdict_under_five_splits(case: Case) -> None:
     assert got == expected_verdict(case.expect), f"{case.about} ({case.cite})"
 
 
-def test_corpus_size_and_citations() -> None:
+def test_corpus_size_and_citations(record_figure: Callable[..., None]) -> None:
     assert len(CASES) >= 80
+    ends = Counter(c.expect["end"] for c in CASES)
+    record_figure("A2", "own corpus cases, each fed whole and split 5 ways", len(CASES))
+    record_figure("A2", "expected ends", ", ".join(f"{k} {v}" for k, v in sorted(ends.items())))
     cites = " | ".join(c.cite for c in CASES)
     missing = [c for c in REQUIRED_CITES if c not in cites]
     assert not missing, f"no corpus case cites {missing}"

@@ -531,7 +531,9 @@ def gunicorn_cases(gunicorn_requests_dir: Path, oracle_site: Path) -> list[Gunic
 
 
 @pytest.mark.timeout(300)
-def test_gunicorn_corpus(gunicorn_cases: list[GunicornCase]) -> None:
+def test_gunicorn_corpus(
+    gunicorn_cases: list[GunicornCase], record_figure: Callable[..., None]
+) -> None:
     run = [c for c in gunicorn_cases if c.limits is not None]
     skipped = [c for c in gunicorn_cases if c.limits is None]
     invalid = [c for c in run if c.kind == "invalid"]
@@ -543,23 +545,43 @@ def test_gunicorn_corpus(gunicorn_cases: list[GunicornCase]) -> None:
     # Every allow-list entry is still needed: a stale entry is a failure too.
     names = {c.name for c in run}
     assert set(ACCEPTED_INVALID) <= names and set(REFUSED_VALID) <= names
+    record_figure(
+        "A1",
+        "gunicorn corpus: invalid / valid run, skipped (gunicorn-only setting, bad fixture)",
+        f"{len(invalid)} / {len(run) - len(invalid)}, {len(skipped)}",
+    )
+    record_figure("A1", "gunicorn corpus cases off their mapped verdict (5 splits)", len(problems))
     print(f"gunicorn corpus: {len(run)} run, {len(skipped)} skipped:")
     for c in skipped:
         print(f"  skipped {c.kind}/{c.name}: {c.skip_why}")
 
 
 @pytest.mark.timeout(300)
-def test_gunicorn_corpus_differential(gunicorn_cases: list[GunicornCase]) -> None:
+def test_gunicorn_corpus_differential(
+    gunicorn_cases: list[GunicornCase], record_figure: Callable[..., None]
+) -> None:
     """A3 over gunicorn's corpus: muleteer against all three oracles (default limits)."""
     problems = {}
+    compared = 0
     for case in gunicorn_cases:
         if case.limits is None or case.configured:
             continue  # the oracles run with their defaults
+        compared += 1
         ours = drive([case.data], case.limits)
         found = differential(case.data, ours)
         found = [p for p in found if not allowed_for_gunicorn_case(case, p)]
         if found:
             problems[f"{case.kind}/{case.name}"] = found
+    record_figure(
+        "A3",
+        f"gunicorn corpus x oracles ({', '.join(ORACLES)}): disagreements not allow-listed",
+        f"{len(problems)} of {compared} x {len(ORACLES)}",
+    )
+    record_figure(
+        "A3",
+        "allow-listed differences (oracle lenient / muleteer stricter)",
+        f"{len(ALLOWED_ACCEPTS)} rules, {len(ACCEPTED_INVALID)} gunicorn cases",
+    )
     assert not problems, problems
 
 
