@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muleteer import options as o
+from muleteer import runtime
 from muleteer.ipc import MessageQueue
 from muleteer.runtime import Runtime
 
@@ -124,12 +125,12 @@ def _fast(rt: Runtime) -> _Fast:
 
 
 def mule_msg(
-    rt: Runtime,
-    message: object,
-    target: object = None,
-    block: bool = False,
-    timeout: float | None = None,
+    message: object, target: object = None, *, block: bool = False, timeout: float | None = None
 ) -> bool:
+    """``uwsgi.mule_msg`` itself: the facade binds this function, so that sending a
+    message costs one Python frame (workers call it hundreds of thousands of times a
+    second). It sends in the runtime of the calling process."""
+    rt = runtime._CURRENT or runtime.current()
     fast = rt.msg_cache or _fast(rt)
     data = message if type(message) is bytes else _encode(message)
     try:
@@ -294,7 +295,7 @@ def farm_msg(rt: Runtime, farm: str | bytes, message: object) -> bool:
     if name not in rt.channels.farm_queues:
         log.warning("farm_msg: unknown farm %r: message not sent", name)
         return False
-    return mule_msg(rt, message, name)
+    return mule_msg(message, name)
 
 
 def farm_get_msg(rt: Runtime) -> bytes | None:

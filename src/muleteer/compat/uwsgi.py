@@ -88,8 +88,7 @@ NOT_IMPLEMENTED = frozenset(
 
 
 # The runtime of this process (raises outside a server). Bound, not wrapped: every
-# ``uwsgi`` call goes through it, mule_msg/mule_get_msg hundreds of thousands of times a
-# second.
+# ``uwsgi`` call goes through it, mule_get_msg hundreds of thousands of times a second.
 _rt = runtime.current
 
 
@@ -221,10 +220,7 @@ def build(opt: dict[str, Any], workers: int, is_reload: bool, cores: int = 1) ->
         rt.port.add_file_monitor(_signum(num), os.path.abspath(text), rt.name)
 
     # -- mule messages ---------------------------------------------------------------------
-    def mule_msg(
-        message: Any, target: Any = None, *, block: bool = False, timeout: float | None = None
-    ) -> bool:
-        return messaging.mule_msg(_rt(), message, target, block, timeout)
+    mule_msg = messaging.mule_msg
 
     def mule_get_msg(
         signals: Any = True, farms: Any = True, buffer_size: int = 65536, timeout: int = -1
