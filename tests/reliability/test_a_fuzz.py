@@ -79,6 +79,7 @@ def run_target(target: str, seconds: int, site: Path, work: Path) -> dict[str, i
     assert proc.returncode == 0 and not found, f"{target} failed (rc {proc.returncode}):\n{detail}"
     stats = {k: int(v) for k, v in re.findall(r"stat::(\w+):\s+(\d+)", proc.stderr)}
     assert stats.get("number_of_executed_units", 0) > 1000, detail
+    stats["artifacts"] = len(found)
     print(
         f"{target}: {stats['number_of_executed_units']} executions in {seconds} s, "
         f"{stats['average_exec_per_sec']}/s, {stats.get('new_units_added', 0)} new units, "
@@ -95,8 +96,9 @@ def test_fuzz_60s(
     stats = run_target(target, 60, atheris_site, tmp_path)
     record_figure(
         "A5",
-        f"atheris {target}, 60 s: executions (per s), crashes / timeouts / OOM",
-        f"{stats['number_of_executed_units']} ({stats['average_exec_per_sec']}/s), 0",
+        f"atheris {target}, 60 s: executions (per s), crash / timeout / OOM artifacts",
+        f"{stats['number_of_executed_units']} ({stats['average_exec_per_sec']}/s), "
+        f"{stats['artifacts']}",
     )
 
 
