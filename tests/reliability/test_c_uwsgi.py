@@ -598,10 +598,15 @@ def test_c5_real_nginx_uwsgi_pass(
         record_figure(
             "C5", "5 MiB body through nginx", "ok" if ex.statuses == [200] else ex.statuses
         )
+        # nginx notes at [warn] level when it spools a large response to disk because the
+        # client reads slower than the upstream sends (timing-dependent with the 5 MiB
+        # echo); that is buffering, not an upstream fault.
         errors = [
             line
             for line in (wd / "error.log").read_text().splitlines()
-            if "upstream" in line and "/small/" not in line
+            if "upstream" in line
+            and "/small/" not in line
+            and "is buffered to a temporary file" not in line
         ]
         if errors:
             failures.append(f"nginx upstream errors: {errors[:5]}")
