@@ -21,22 +21,9 @@ with atheris.instrument_imports(include=["muleteer"]):
     from muleteer.http import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reliability.conftest import drive  # after instrumenting muleteer
+from reliability.conftest import NARROW, TIGHT, drive  # after instrumenting muleteer
 
-LIMITS = [
-    Limits(),
-    Limits(buffer_size=16384, limit_post=1 << 20),
-    Limits(
-        buffer_size=600,
-        max_request_line=120,
-        max_fields=5,
-        max_field_size=60,
-        limit_post=150,
-        max_chunk_line=40,
-        max_trailer_size=60,
-    ),
-    Limits(buffer_size=300, max_request_line=8190, max_fields=6, max_field_size=50),
-]
+LIMITS = [Limits(), Limits(buffer_size=16384, limit_post=1 << 20), TIGHT, NARROW]
 STATUSES = {400, 413, 414, 431, 501, 505}
 
 

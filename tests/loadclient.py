@@ -55,7 +55,9 @@ class LoadResult:
         return statistics.median(values) if values else float("nan")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, the server will close) of one response: Content-Length, chunked
+    or read to the close."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -111,7 +113,7 @@ async def _loop(
                     asyncio.open_connection(host, port), timeout
                 )
             writer.write(request)
-            status, body, close = await asyncio.wait_for(_read_response(reader), timeout)
+            status, body, close = await asyncio.wait_for(read_response(reader), timeout)
             result.outcomes.append(Outcome(start, time.monotonic(), status, body=body))
             if close or not keepalive:
                 writer.close()

@@ -29,6 +29,20 @@ from hypothesis import strategies as st
 from muleteer import uwsgi_proto
 from muleteer.http import ChunkedDecoder, HttpError, Limits, RequestHead, parse_head, scan_head
 
+# Small limits so that damaged streams also run into every size check (414/431/413).
+TIGHT = Limits(
+    buffer_size=600,
+    max_request_line=120,
+    max_fields=5,
+    max_field_size=60,
+    limit_post=150,
+    max_chunk_line=40,
+    max_trailer_size=60,
+)
+
+# As the worker's defaults, the request-line limit above buffer_size (414 against 431).
+NARROW = Limits(buffer_size=300, max_request_line=8190, max_fields=6, max_field_size=50)
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS_DIR = ROOT / "tests" / "data" / "http_corpus"
 

@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 from muleteer import uwsgi_proto
 from muleteer.http import Limits
 
-from .conftest import GenRequest, Verdict, damaged_streams, drive, gen_requests, uwsgi_read
+from .conftest import (
+    NARROW,
+    TIGHT,
+    GenRequest,
+    Verdict,
+    damaged_streams,
+    drive,
+    gen_requests,
+    uwsgi_read,
+)
 
 LIMITS = Limits(buffer_size=16384)
 
@@ -78,22 +87,6 @@ def test_k_pipelined_requests_parse_as_k(rs: list[GenRequest]) -> None:
     verdict = drive([b"".join(r.wire() for r in rs)], LIMITS)
     assert len(verdict.requests) == len(rs)
     assert verdict == served(rs)
-
-
-# Small limits so that damaged streams also run into every size check (414/431/413).
-TIGHT = Limits(
-    buffer_size=600,
-    max_request_line=120,
-    max_fields=5,
-    max_field_size=60,
-    limit_post=150,
-    max_chunk_line=40,
-    max_trailer_size=60,
-)
-
-
-# As the worker's defaults, the request-line limit above buffer_size (414 against 431).
-NARROW = Limits(buffer_size=300, max_request_line=8190, max_fields=6, max_field_size=50)
 
 
 @props(800)

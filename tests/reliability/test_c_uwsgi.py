@@ -19,13 +19,10 @@ import json
 import random
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,56 +71,15 @@ def uwsgi_server(
     return server, calls
 
 
-@dataclass
-class Reply:
-    raw: bytes
-    closed: bool
-    elapsed: float
-
-
 def send_raw(
     address: tuple[str, int] | str,
     data: bytes,
     half_close: bool = True,
     deadline: float = 2.0,
     source: str | None = None,
-) -> Reply:
+) -> bs.Received:
     """Send data on a new connection, half-close, read until the server closes."""
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if source is not None:
-            sock.bind((source, 0))
-        sock.settimeout(5)
-        sock.connect(address)
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        start = time.monotonic()
-        raw = b""
-        closed = False
-        while True:
-            left = start + deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                piece = sock.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not piece:
-                closed = True
-                break
-            raw += piece
-        return Reply(raw, closed, time.monotonic() - start)
-    finally:
-        sock.close()
+    return bs.send_and_read(address, data, deadline, half_close, source)
 
 
 def echo_body(raw: bytes) -> dict[str, Any]:
@@ -366,9 +322,9 @@ def test_c3_magic_variables_are_plain_strings(
     cwds = set()
     pids = set()
     packets: list[dict[str, str]] = []
-    replies: list[Reply] = []
+    replies: list[bs.Received] = []
 
-    def send(variables: dict[str, str]) -> Reply:
+    def send(variables: dict[str, str]) -> bs.Received:
         return send_raw(("127.0.0.1", server.port), uwsgi_packet(variables))
 
     for pair in range(5):

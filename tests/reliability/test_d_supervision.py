@@ -48,7 +48,6 @@ from muleteer.pytest_plugin import (
     ServerFactory,
     ServerProcess,
     free_port,
-    stop_process_group,
     wait_for,
 )
 
@@ -456,35 +455,37 @@ def gunicorn_site(tmp_path_factory: pytest.TempPathFactory) -> Path | str:
     return bs.pip_install(target, bs.GUNICORN, timeout=300) or target
 
 
-class Gunicorn:
-    """gunicorn (sync workers) serving tests/apps/reliability/de_pidapp.py."""
+class Gunicorn(bs.Anchor):
+    """gunicorn (sync workers) serving tests/apps/reliability/de_pidapp.py; ready once
+    every worker exists and one answers."""
 
     def __init__(self, site: Path, workdir: Path, workers: int = 2) -> None:
-        self.port = free_port()
+        port = free_port()
+        argv = [
+            *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
+            *("--bind", f"127.0.0.1:{port}", "--chdir", str(PIDAPP.parent)),
+            "de_pidapp:application",
+        ]
+        super().__init__(
+            "gunicorn",
+            argv,
+            port,
+            workdir,
+            {"PYTHONPATH": str(site)},
+            cwd=workdir,
+            stop_signal=signal.SIGTERM,
+            stop_timeout=10.0,
+        )
         self.workers = workers
-        self.log_path = workdir / f"gunicorn-{self.port}.log"
-        env = {**os.environ, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
-                    *("--bind", f"127.0.0.1:{self.port}", "--chdir", str(PIDAPP.parent)),
-                    "de_pidapp:application",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-            )
-        wait_for(self._ready, 30, what="gunicorn to answer")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        self.spawn()
+        try:
+            wait_for(self._ready, 30, what="gunicorn to answer")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
+        assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {self.log_text()}")
         if len(live_children(self.pid)) < self.workers:
@@ -497,21 +498,6 @@ class Gunicorn:
             return ok
         except OSError:
             return False
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process_group(self.proc, signal.SIGTERM, 10.0)
-
-
-@contextlib.contextmanager
-def gunicorn(site: Path, workdir: Path) -> Iterator[Gunicorn]:
-    server = Gunicorn(site, workdir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # -- D1: a random worker SIGKILLed every 200 ms under load ----------------------------------
@@ -638,7 +624,7 @@ def muleteer_chaos(server: ServerProcess, keepalive: bool, duration: float) -> C
 
 
 def gunicorn_chaos(site: Path, workdir: Path, duration: float) -> ChaosFigures:
-    with gunicorn(site, workdir) as anchor:
+    with Gunicorn(site, workdir) as anchor:
         return chaos(
             anchor,
             anchor.port,
@@ -858,7 +844,7 @@ def test_d2_respawn_latency_kill_to_replacement_answering(
     anchor: str
     anchor_fork: str
     if isinstance(gunicorn_site, Path):
-        with gunicorn(gunicorn_site, tmp_path) as gun:
+        with Gunicorn(gunicorn_site, tmp_path) as gun:
             theirs = measure_respawns(
                 gun, gun.port, 20, lambda: live_children(gun.pid), min_victim_age=0.0
             )

@@ -15,16 +15,12 @@ and run with the same mule program and app (E1's accounting).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import json
-import os
-import signal
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ import psutil
 import pytest
 
 from helpers import alive, proc_age
-from muleteer.pytest_plugin import ServerFactory, free_port, stop_process_group, wait_for
+from muleteer.pytest_plugin import ServerFactory, free_port, wait_for
 
 from .test_d_supervision import (
     Logged,
@@ -114,45 +110,17 @@ def uwsgi_binary() -> Path | str:
     return binary if binary is not None else why_not
 
 
-class Uwsgi:
-    """uWSGI 2.0: master, 1 worker, the slow mule, the E app."""
+class Uwsgi(bs.Anchor):
+    """uWSGI 2.0: master, 1 worker, the slow mule, the E app (started, not waited for)."""
 
     def __init__(self, binary: Path, workdir: Path, out: Path) -> None:
-        self.port = free_port()
-        self.log_path = workdir / f"uwsgi-{self.port}.log"
-        args = [str(binary), "--master", "--http-socket", f"127.0.0.1:{self.port}"]
+        port = free_port()
+        args = [str(binary), "--master", "--http-socket", f"127.0.0.1:{port}"]
         args += ["--processes", "1", f"--mule={SLOW_MULE}", "--wsgi-file", str(MSGAPP)]
         args += ["--disable-logging", "--die-on-term"]
-        env = {**os.environ, "OUT": str(out), "DELAY": "0.001"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process_group(self.proc, signal.SIGINT, 10.0)
-
-
-@contextlib.contextmanager
-def uwsgi_server(binary: Path, workdir: Path, out: Path) -> Iterator[Uwsgi]:
-    server = Uwsgi(binary, workdir, out)
-    try:
-        yield server
-    finally:
-        server.stop()
+        env = {"OUT": str(out), "DELAY": "0.001"}
+        super().__init__("uwsgi", args, port, workdir, env, cwd=workdir, stop_timeout=10.0)
+        self.spawn()
 
 
 # -- E1: exact accounting --------------------------------------------------------------------
@@ -311,7 +279,7 @@ def test_e1_every_message_is_processed_lost_in_flight_or_rejected_visibly(
     anchor: Accounting | str
     if isinstance(uwsgi_binary, Path):
         anchor_out = tmp_path / "uwsgi-mule.log"
-        with uwsgi_server(uwsgi_binary, tmp_path, anchor_out) as theirs:
+        with Uwsgi(uwsgi_binary, tmp_path, anchor_out) as theirs:
             wait_for(lambda: MuleLog.read(anchor_out).pids, 30.0, what="uWSGI's mule")
             wait_for(lambda: answers(theirs.port), 30.0, what="uWSGI's worker")
             anchor = run_e1(

@@ -10,14 +10,12 @@ Routes:
   value, the body in base64), the body read by CONTENT_LENGTH or to its end; a query
   ``hold=S`` first sleeps S seconds (at most 2), to keep one worker busy;
 - /ignorebody: answers without reading the body;
-- /resp/<case>: responses that break HTTP on purpose (B5);
-- /priv/<what>: privilege checks from inside a worker (F3).
+- /resp/<case>: responses that break HTTP on purpose (B5).
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import sys
@@ -26,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 StartResponse = Callable[..., Any]
-PR_GET_PDEATHSIG = 2
 
 
 def _record(environ: dict[str, Any]) -> None:
@@ -63,34 +60,6 @@ def _json(start_response: StartResponse, payload: dict[str, Any]) -> list[bytes]
         ],
     )
     return [body]
-
-
-def pdeathsig() -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    value = ctypes.c_int(-1)
-    if libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0) != 0:
-        return -ctypes.get_errno()
-    return value.value
-
-
-def proc_status() -> dict[str, str]:
-    out = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            name, _, value = line.partition(":")
-            if name in ("Uid", "Gid", "Groups"):
-                out[name] = value.strip()
-    return out
-
-
-def _try_setuid() -> str:
-    try:
-        os.setuid(0)
-    except PermissionError as exc:
-        return f"PermissionError: {exc}"
-    except OSError as exc:  # pragma: no cover - reported, the test fails on it
-        return f"{type(exc).__name__}: {exc}"
-    return "succeeded"
 
 
 class _Failing:
@@ -163,13 +132,6 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> Itera
         return [body]
     if path.startswith("/resp/"):
         return _broken(path[len("/resp/") :], environ, start_response)
-    if path == "/priv/setuid":
-        return _json(start_response, {"setuid0": _try_setuid()})
-    if path == "/priv/status":
-        return _json(
-            start_response,
-            {"status": proc_status(), "pdeathsig": pdeathsig(), "pid": os.getpid()},
-        )
     body = _body(environ)
     strings = {k: v for k, v in environ.items() if isinstance(v, str)}
     return _json(

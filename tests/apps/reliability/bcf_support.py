@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from muleteer.pytest_plugin import stop_process_group
+from loadclient import Outcome, read_response
+from muleteer.pytest_plugin import free_port, stop_process_group
 
 T = TypeVar("T")
 
@@ -128,39 +129,51 @@ def oracle_site(base: Path) -> tuple[Path, str]:
 # -- running them ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Anchor:
-    """One anchor server process (own session), stopped by its process group."""
+    """One anchor server process (own session, log in `logdir`), stopped by its process
+    group; a context manager that stops it on exit."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], port: int, logdir: Path, env: dict[str, str]
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        logdir: Path,
+        env: dict[str, str],
+        cwd: Path = APPS_DIR,
+        stop_signal: signal.Signals = signal.SIGINT,
+        stop_timeout: float = 5.0,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.port = port
         self.log_path = logdir / f"{name}-{port}.log"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> Anchor:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process, without waiting for anything."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=APPS_DIR,
+                cwd=self.cwd,
                 env=self.env,
                 start_new_session=True,
             )
+        return self.proc
+
+    def start(self, timeout: float = 30.0) -> Anchor:
+        """Spawn, then wait until the port listens and an HTTP request is answered."""
+        proc = self.spawn()
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -196,7 +209,13 @@ class Anchor:
     def stop(self) -> None:
         if self.proc is None:
             return
-        stop_process_group(self.proc, signal.SIGINT, 5.0)
+        stop_process_group(self.proc, self.stop_signal, self.stop_timeout)
+
+    def __enter__(self) -> Anchor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def gunicorn_sync(site: Path, logdir: Path, workers: int = 2) -> Anchor:
@@ -249,19 +268,10 @@ def uwsgi(
 
 
 def _start_listening(anchor: Anchor, timeout: float = 30.0) -> Anchor:
-    with open(anchor.log_path, "ab") as log:
-        anchor.proc = subprocess.Popen(
-            anchor.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=APPS_DIR,
-            env=anchor.env,
-            start_new_session=True,
-        )
+    proc = anchor.spawn()
     deadline = time.monotonic() + timeout
     while "spawned uWSGI worker 2" not in anchor.log_text():
-        if anchor.proc.poll() is not None or time.monotonic() > deadline:
+        if proc.poll() is not None or time.monotonic() > deadline:
             anchor.stop()
             raise RuntimeError(f"{anchor.name} did not start:\n{anchor.log_text()[-2000:]}")
         time.sleep(0.02)
@@ -367,23 +377,30 @@ def parse_responses(data: bytes, head_only: Sequence[int] = ()) -> tuple[list[Ra
     return out, b""
 
 
-def exchange(
-    port: int,
+@dataclass
+class Received:
+    raw: bytes  # everything the server sent
+    closed: bool  # the server closed (or reset) the connection before the deadline
+    reset: bool  # ... with a reset
+    elapsed: float  # seconds from the last byte sent to the close or the deadline
+
+
+def send_and_read(
+    address: tuple[str, int] | str,
     data: bytes,
     deadline: float = 2.0,
     half_close: bool = False,
     source: str | None = None,
-    head_only: Sequence[int] = (),
-    host: str = "127.0.0.1",
-) -> Exchange:
-    """Send data on a new connection and read until the server closes or `deadline` seconds
-    after the last byte was sent."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+) -> Received:
+    """Send data on a new TCP (host, port) or unix-socket connection and read until the
+    server closes or `deadline` seconds after the last byte was sent."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if source is not None:
             sock.bind((source, 0))
         sock.settimeout(5)
-        sock.connect((host, port))
+        sock.connect(address)
         try:
             sock.sendall(data)
             if half_close:
@@ -412,20 +429,25 @@ def exchange(
         elapsed = time.monotonic() - sent_at
     finally:
         sock.close()
-    raw = b"".join(chunks)
-    responses, garbage = parse_responses(raw, head_only)
-    return Exchange(raw, closed, elapsed, reset, responses, garbage)
+    return Received(b"".join(chunks), closed, reset, elapsed)
+
+
+def exchange(
+    port: int,
+    data: bytes,
+    deadline: float = 2.0,
+    half_close: bool = False,
+    source: str | None = None,
+    head_only: Sequence[int] = (),
+    host: str = "127.0.0.1",
+) -> Exchange:
+    """One HTTP exchange (:func:`send_and_read`), its responses parsed."""
+    got = send_and_read((host, port), data, deadline, half_close, source)
+    responses, garbage = parse_responses(got.raw, head_only)
+    return Exchange(got.raw, got.closed, got.elapsed, got.reset, responses, garbage)
 
 
 # -- paced legitimate GETs and slowloris ----------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    start: float
-    end: float
-    status: int  # 0 when the request failed
-    error: str = ""
 
 
 @dataclass
@@ -441,22 +463,8 @@ async def _paced_get(port: int, path: str, timeout: float) -> Outcome:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
-
-        async def whole() -> int:
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = None
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length is None:
-                await reader.read()
-            else:
-                await reader.readexactly(length)
-            return status
-
-        status = await asyncio.wait_for(whole(), timeout - (time.monotonic() - start))
+        left = timeout - (time.monotonic() - start)
+        status, _, _ = await asyncio.wait_for(read_response(reader), left)
         return Outcome(start, time.monotonic(), status)
     except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
         return Outcome(start, time.monotonic(), 0, f"{type(exc).__name__}: {exc}"[:100])
